@@ -1,0 +1,3 @@
+from fileimport.cli import app
+
+app()

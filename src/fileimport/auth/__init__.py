@@ -1,0 +1,1 @@
+"""Bearer tokens: hashed at rest, scoped, bound to one project."""

@@ -1,0 +1,150 @@
+"""Settings, read once from ``FILEIMPORT_*`` environment variables.
+
+Every field can be set by an environment variable named ``FILEIMPORT_`` plus
+the field name in upper case (``FILEIMPORT_DATA_DIR``). Defaults are the
+embedded mode: SQLite and a local folder under ``data_dir``, API and worker in
+one process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Standard Webhooks' recommended schedule (seconds after the previous attempt):
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+STANDARD_WEBHOOKS_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service's configuration; see the README for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="FILEIMPORT_", extra="ignore")
+
+    mode: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite+aiosqlite under data_dir.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="file:///abs/path or s3://bucket/prefix; default data_dir/blobs.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra obstore options as JSON, e.g. endpoint/region for S3.",
+    )
+    public_url: str = "http://127.0.0.1:8000"
+
+    # API
+    max_batch_files: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: ByteSize = ByteSize(16 * 1024 * 1024)
+    idempotency_ttl: timedelta = timedelta(hours=24)
+
+    # Worker
+    worker_concurrency: int = Field(default=16, ge=1, le=1024)
+    worker_lease_seconds: float = Field(default=30.0, gt=0)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+
+    # Fetching
+    fetch_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_connect_timeout: float = Field(default=10.0, gt=0)
+    fetch_read_timeout: float = Field(default=30.0, gt=0)
+    fetch_deadline_base: float = Field(default=60.0, gt=0)
+    fetch_deadline_min_rate: ByteSize = ByteSize(256 * 1024)
+    fetch_max_attempts: int = Field(default=4, ge=1, le=20)
+    fetch_backoff_base: float = Field(default=1.0, ge=0)
+    fetch_backoff_max: float = Field(default=60.0, ge=0)
+    fetch_per_origin_concurrency: int = Field(default=4, ge=1, le=256)
+    fetch_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+
+    # Webhooks
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [float(s) for s in STANDARD_WEBHOOKS_SCHEDULE]
+    )
+    webhook_timeout: float = Field(default=15.0, gt=0)
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("fetch_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            return [ipaddress.ip_network(str(p), strict=False) for p in parts]
+        return parts
+
+    @field_validator("fetch_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            return [str(p).lower().rstrip(".") for p in parts]
+        return parts
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            schedule = [float(p) for p in parts]
+            if any(s < 0 for s in schedule):
+                raise ValueError("webhook retry delays must be >= 0 seconds")
+            return schedule
+        return parts
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.mode == "production":
+            if not self.database_url or self.database_url.startswith("sqlite"):
+                raise ValueError("production mode needs FILEIMPORT_DATABASE_URL (PostgreSQL)")
+            if any(net.prefixlen == 0 for net in self.fetch_allowed_networks):
+                raise ValueError("production mode refuses FILEIMPORT_FETCH_ALLOWED_NETWORKS=0.0.0.0/0")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``data_dir/fileimport.sqlite3``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fileimport.sqlite3').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The blob storage URL, defaulting to ``data_dir/blobs``."""
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def spool_dir(self) -> Path:
+        """Local folder where downloads are spooled before they are stored."""
+        return (self.data_dir / "spool").resolve()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Import jobs: the batch API, the per-file pipeline and its state machine."""

@@ -1,0 +1,1 @@
+"""The media library: one entry per (project, systemName, externalId)."""

@@ -1,0 +1,46 @@
+"""Media library entry table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fileimport.core.db import Base, UTCDateTime, utcnow
+
+
+class MediaEntry(Base):
+    """A media library entry and its current asset.
+
+    The key is (``project_id``, ``system_name``, ``external_id``); the unique
+    constraint makes two racing imports of one key end in one entry.
+    """
+
+    __tablename__ = "media_entries"
+    __table_args__ = (UniqueConstraint("project_id", "system_name", "external_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    system_name: Mapped[str] = mapped_column(String(255))
+    external_id: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    media_type: Mapped[str] = mapped_column(String(100))
+    file_name: Mapped[str] = mapped_column(String(255))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    asset_key: Mapped[str] = mapped_column(String(200))
+    mime_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    duration: Mapped[float | None] = mapped_column(Float)
+
+    source_url: Mapped[str] = mapped_column(String(2048))
+    origin_etag: Mapped[str | None] = mapped_column(String(512))
+    origin_last_modified: Mapped[str | None] = mapped_column(String(64))
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

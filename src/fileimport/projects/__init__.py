@@ -1,0 +1,1 @@
+"""Projects: the tenant every token, job and media entry belongs to."""

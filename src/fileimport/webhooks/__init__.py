@@ -1,0 +1,1 @@
+"""Webhook deliveries: signed, stored, retried on the Standard Webhooks schedule."""
