@@ -1,0 +1,421 @@
+"""Blob storage: a local folder, an S3-compatible bucket or memory, behind one interface.
+
+Blobs are addressed by keys made of ``/``-separated segments of ASCII letters,
+digits, ``.``, ``_`` and ``-`` (see `blob_key` for the content address used by
+the media library). All operations go through obstore, whose calls run on its
+own Tokio runtime and are awaited from asyncio; file system work that obstore
+does not do (the local rename fast path) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+import obstore
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.store import LocalStore, MemoryStore, S3Store
+
+if TYPE_CHECKING:
+    from obstore import GetOptions
+    from obstore.store import ClientConfig, ObjectStore, S3Config
+
+__all__ = [
+    "BlobNotFoundError",
+    "BlobStorage",
+    "ObjectStorage",
+    "StorageError",
+    "blob_key",
+    "open_storage",
+]
+
+DEFAULT_CHUNK_BYTES = 256 * 1024
+"""Minimum chunk size of `ObjectStorage.open_range` streams, in bytes."""
+
+DEFAULT_CHECK_TIMEOUT = 5.0
+"""Seconds `ObjectStorage.check` waits for the store before declaring it unreachable."""
+
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+# obstore's ClientConfig keys (HTTP client settings); every other option is S3 config.
+_CLIENT_OPTION_KEYS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "randomize_addresses",
+        "read_timeout",
+        "root_certificate",
+        "timeout",
+        "user_agent",
+    }
+)
+
+
+class StorageError(Exception):
+    """The blob store could not be reached or refused an operation."""
+
+
+class BlobNotFoundError(StorageError):
+    """No blob is stored under the requested key."""
+
+
+class BlobStorage(Protocol):
+    """Where imported files' bytes live, addressed by key.
+
+    Implementations are safe to share between tasks of one event loop. Keys are
+    validated by `ObjectStorage`'s rules (``ValueError`` for a malformed key).
+    """
+
+    async def put_file(self, key: str, path: Path) -> None:
+        """Store the local file at ``path`` under ``key``, replacing any blob there.
+
+        Takes ownership of the file: once this returns, ``path`` no longer exists
+        (it was moved into place or uploaded and then deleted). On failure the
+        file is left where it was. Raises `StorageError`.
+        """
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key``. Raises `StorageError`."""
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The blob's size in bytes, or None when absent. Raises `StorageError`."""
+        ...
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of the blob (``end`` None: to its end) in chunks.
+
+        Raises `BlobNotFoundError`, `StorageError`, or ``ValueError`` for a
+        negative ``start`` or ``end < start``.
+        """
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob under ``key``; an absent blob is not an error."""
+        ...
+
+    def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every key starting with ``prefix`` (plain string prefix), in no set order."""
+        ...
+
+    async def check(self) -> None:
+        """Readiness probe: raise `StorageError` when the store cannot be used."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the storage must not be used afterwards."""
+        ...
+
+
+def blob_key(sha256_hex: str) -> str:
+    """Content address of a blob: ``sha256/ab/cd/<64 hex digits>``.
+
+    ``sha256_hex`` is the SHA-256 of the blob's bytes as 64 hexadecimal digits
+    (either case; the key uses lower case). The two 2-digit levels keep
+    directories of a local store small. Raises ``ValueError`` for anything else.
+    """
+    digest = sha256_hex.lower()
+    if not _SHA256_RE.fullmatch(digest):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
+    return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+def _check_key(key: str) -> None:
+    if not _KEY_RE.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
+        raise ValueError(f"invalid storage key: {key!r}")
+
+
+def _storage_error(action: str, key: str, exc: BaseException) -> StorageError:
+    # obstore messages carry a multi-line debug dump after the first line.
+    detail = str(exc).split("\n", 1)[0].strip() or type(exc).__name__
+    return StorageError(f"could not {action} {key!r}: {detail}")
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_file(source: Path, target: Path, fsync: bool) -> None:
+    """Rename ``source`` to ``target`` atomically; ``OSError`` (EXDEV across file systems)."""
+    if not stat.S_ISREG(os.lstat(source).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(source))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        _fsync_path(source)
+    os.replace(source, target)
+    if fsync:
+        # Make the new directory entry survive a crash, not only the data.
+        _fsync_path(target.parent, directory=True)
+
+
+def _check_local_root(root: Path) -> None:
+    if not root.is_dir():
+        raise StorageError(f"storage folder {str(root)!r} does not exist")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StorageError(f"storage folder {str(root)!r} is not writable")
+
+
+class ObjectStorage:
+    """`BlobStorage` over an obstore store (`LocalStore`, `S3Store`, `MemoryStore`).
+
+    For a `LocalStore`, `put_file` renames the file into place when it is on the
+    same file system as the store's folder (no copy, however large the file),
+    and otherwise streams it through obstore. Uploads to other stores stream
+    the file (multipart above 5 MiB), never holding it whole in memory.
+
+    Args:
+        store: the obstore store; keys are relative to its prefix.
+        chunk_bytes: minimum size of the chunks `open_range` yields (the last
+            one may be smaller), in bytes.
+        check_timeout: seconds `check` waits before raising `StorageError`.
+        fsync: for the local rename path, flush the file and its directory
+            entry to disk before returning, so a stored blob survives a crash.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        check_timeout: float = DEFAULT_CHECK_TIMEOUT,
+        fsync: bool = True,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be at least 1")
+        self._store = store
+        self._chunk_bytes = chunk_bytes
+        self._check_timeout = check_timeout
+        self._fsync = fsync
+        self._local_root: Path | None = None
+        if isinstance(store, LocalStore):
+            self._local_root = store.prefix or Path("/")
+
+    @property
+    def local_root(self) -> Path | None:
+        """The folder of a local store, or None for other stores.
+
+        Callers that stage downloads in a folder on the same file system (for
+        example a sibling of this one) get the rename fast path in `put_file`.
+        """
+        return self._local_root
+
+    async def put_file(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key``; see `BlobStorage.put_file`.
+
+        Raises `StorageError` when the file cannot be read or the store written,
+        ``ValueError`` for a malformed key.
+        """
+        _check_key(key)
+        if self._local_root is not None:
+            target = self._local_root.joinpath(*key.split("/"))
+            try:
+                await anyio.to_thread.run_sync(_move_file, path, target, self._fsync)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise _storage_error("store", key, exc) from exc
+            else:
+                return
+        try:
+            await obstore.put_async(self._store, key, path)
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("store", key, exc) from exc
+        try:
+            await anyio.to_thread.run_sync(path.unlink)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _storage_error("remove the uploaded source of", key, exc) from exc
+
+    async def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key``. Raises `StorageError`."""
+        return await self.size(key) is not None
+
+    async def size(self, key: str) -> int | None:
+        """The blob's size in bytes (one HEAD request), or None when absent.
+
+        Raises `StorageError`.
+        """
+        _check_key(key)
+        try:
+            meta = await obstore.head_async(self._store, key)
+        except FileNotFoundError:
+            return None
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("look up", key, exc) from exc
+        return meta["size"]
+
+    async def open_range(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of the blob, ``end`` exclusive, None for its end.
+
+        Meant for HTTP Range responses (RFC 9110 §14): callers should first take
+        `size` to answer 404/416 and to clamp ``end``; an ``end`` past the end of
+        the blob is clipped to it. Chunks are at least ``chunk_bytes`` long except
+        the last. Raises `BlobNotFoundError` when absent, `StorageError` when
+        the store fails or ``start`` is at or past the end of a non-empty
+        range, ``ValueError`` for ``start < 0`` or ``end < start``. Nothing is
+        requested until the first chunk is awaited.
+        """
+        _check_key(key)
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid byte range [{start}, {end})")
+        if end == start:
+            if await self.size(key) is None:
+                raise BlobNotFoundError(f"no blob stored under {key!r}")
+            return
+        options: GetOptions = {}
+        if end is not None:
+            options["range"] = (start, end)
+        elif start > 0:
+            options["range"] = {"offset": start}
+        try:
+            result = await obstore.get_async(self._store, key, options=options)
+            async for chunk in result.stream(min_chunk_size=self._chunk_bytes):
+                if chunk:
+                    yield chunk
+        except FileNotFoundError as exc:
+            raise BlobNotFoundError(f"no blob stored under {key!r}") from exc
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("read", key, exc) from exc
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob under ``key``; absent is fine. Raises `StorageError`."""
+        _check_key(key)
+        try:
+            await obstore.delete_async(self._store, key)
+        except FileNotFoundError:
+            pass
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("delete", key, exc) from exc
+
+    async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every key that starts with ``prefix``, in no particular order.
+
+        ``prefix`` is a plain string prefix (``"sha256/a"`` matches
+        ``"sha256/ab/..."``). The store is listed from the last ``/`` of the
+        prefix, so a prefix ending in ``/`` lists just that folder's subtree.
+        Raises `StorageError`.
+        """
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if folder:
+            _check_key(folder)
+        try:
+            async for batch in obstore.list(self._store, folder or None, chunk_size=1000):
+                for meta in batch:
+                    if meta["path"].startswith(prefix):
+                        yield meta["path"]
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("list", prefix, exc) from exc
+
+    async def check(self) -> None:
+        """Readiness probe: one listing request (and, for a local store, the folder).
+
+        Raises `StorageError` when the store is unreachable, refuses the
+        credentials, the bucket or folder is missing, or no answer comes within
+        ``check_timeout`` seconds.
+        """
+        if self._local_root is not None:
+            await anyio.to_thread.run_sync(_check_local_root, self._local_root)
+        try:
+            with anyio.fail_after(self._check_timeout):
+                await obstore.list_with_delimiter_async(self._store, None)
+        except TimeoutError as exc:
+            raise StorageError(
+                f"storage did not answer within {self._check_timeout:g} seconds"
+            ) from exc
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("list", "/", exc) from exc
+
+    async def close(self) -> None:
+        """Nothing to release: obstore pools its connections per store object."""
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"storage option {name!r} must be true or false, not {value!r}")
+
+
+def open_storage(url: str, options: Mapping[str, str] | None = None) -> ObjectStorage:
+    """Open the blob store named by ``url`` (``FILEIMPORT_STORAGE_URL``).
+
+    - ``file:///abs/path``: a local folder, created if missing. Option
+      ``fsync`` (``true``/``false``, default true), see `ObjectStorage`.
+    - ``s3://bucket/prefix``: an S3-compatible bucket, keys under ``prefix``.
+      Options are obstore's S3 config (``endpoint``, ``region``,
+      ``access_key_id``, ``secret_access_key``, ...) and HTTP client options
+      (``allow_http``, ``timeout``, ``connect_timeout``, ...); what they do not
+      set comes from the ``AWS_*`` environment variables, as obstore reads them.
+    - ``memory://``: a new, empty in-memory store, for tests.
+
+    Raises ``ValueError`` for an unsupported URL or invalid options. Does not
+    contact the store; call `ObjectStorage.check` for that. Blocks briefly
+    (creates the local folder).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    opts = {key.lower(): value for key, value in (options or {}).items()}
+    if scheme == "file":
+        if parts.netloc not in {"", "localhost"}:
+            raise ValueError(f"file storage URL must name a local path: {url!r}")
+        root = Path(unquote(parts.path))
+        if not root.is_absolute():
+            raise ValueError(f"file storage URL needs an absolute path: {url!r}")
+        fsync = _parse_bool("fsync", opts.pop("fsync", "true"))
+        if opts:
+            raise ValueError(f"unknown options for file storage: {sorted(opts)}")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create storage folder {str(root)!r}: {exc}") from exc
+        return ObjectStorage(LocalStore(root), fsync=fsync)
+    if scheme == "memory":
+        if opts:
+            raise ValueError(f"unknown options for memory storage: {sorted(opts)}")
+        return ObjectStorage(MemoryStore())
+    if scheme in {"s3", "s3a"}:
+        if not parts.netloc:
+            raise ValueError(f"S3 storage URL needs a bucket: {url!r}")
+        client = {key: value for key, value in opts.items() if key in _CLIENT_OPTION_KEYS}
+        config = {key: value for key, value in opts.items() if key not in _CLIENT_OPTION_KEYS}
+        try:
+            store = S3Store.from_url(
+                url,
+                config=cast("S3Config", config),
+                client_options=cast("ClientConfig", client) if client else None,
+            )
+        except (ObstoreError, ValueError) as exc:
+            detail = str(exc).split("\n", 1)[0]
+            raise ValueError(f"invalid S3 storage settings: {detail}") from exc
+        return ObjectStorage(store)
+    raise ValueError(f"unsupported storage URL scheme {parts.scheme!r} in {url!r}")

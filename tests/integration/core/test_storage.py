@@ -1,0 +1,336 @@
+"""ObjectStorage against a local folder, memory, and a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from obstore.store import S3Store
+
+from fileimport.core.storage import (
+    BlobNotFoundError,
+    BlobStorage,
+    ObjectStorage,
+    StorageError,
+    blob_key,
+    open_storage,
+)
+from tests.support.s3 import S3Bucket, obstore_options, s3_bucket  # noqa: F401
+
+BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("memory", id="memory"),
+    pytest.param("s3", id="s3", marks=pytest.mark.s3),
+]
+
+MakeFile = Callable[[int], tuple[Path, bytes]]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStorage:
+    """A fresh, empty store of each kind."""
+    if request.param == "local":
+        return open_storage((tmp_path / "blobs").as_uri())
+    if request.param == "memory":
+        return open_storage("memory://")
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    return open_storage(bucket.fresh_url(), bucket.options)
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> MakeFile:
+    """Write ``size`` random bytes to a new file in ``tmp_path/incoming``."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    counter = iter(range(1_000_000))
+
+    def make(size: int) -> tuple[Path, bytes]:
+        data = os.urandom(size)
+        path = incoming / f"download-{next(counter)}"
+        path.write_bytes(data)
+        return path, data
+
+    return make
+
+
+async def read_all(storage: BlobStorage, key: str, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([chunk async for chunk in storage.open_range(key, start, end)])
+
+
+async def test_put_file_then_read_back_same_sha256(
+    storage: ObjectStorage, make_file: MakeFile
+) -> None:
+    path, data = make_file(700_000)
+    key = blob_key(hashlib.sha256(data).hexdigest())
+
+    await storage.put_file(key, path)
+
+    assert not path.exists(), "put_file takes ownership of the source file"
+    chunks = [chunk async for chunk in storage.open_range(key, 0, None)]
+    assert all(chunks)
+    assert hashlib.sha256(b"".join(chunks)).hexdigest() == key.rsplit("/", 1)[1]
+    assert await storage.size(key) == len(data)
+    assert await storage.exists(key)
+
+
+async def test_open_range_partial_ranges(storage: ObjectStorage, make_file: MakeFile) -> None:
+    path, data = make_file(300_000)
+    key = "ranges/blob"
+    await storage.put_file(key, path)
+
+    assert await read_all(storage, key, 0, 1) == data[:1]
+    assert await read_all(storage, key, 1000, 250_000) == data[1000:250_000]
+    assert await read_all(storage, key, 299_999) == data[299_999:]
+    assert await read_all(storage, key, 123_456, None) == data[123_456:]
+    assert await read_all(storage, key, 290_000, 10**9) == data[290_000:], "end is clipped"
+    assert await read_all(storage, key, 500, 500) == b""
+
+
+async def test_open_range_rejects_bad_ranges(storage: ObjectStorage, make_file: MakeFile) -> None:
+    path, _ = make_file(10)
+    await storage.put_file("small", path)
+
+    with pytest.raises(ValueError, match="invalid byte range"):
+        await read_all(storage, "small", -1, None)
+    with pytest.raises(ValueError, match="invalid byte range"):
+        await read_all(storage, "small", 5, 4)
+    with pytest.raises(StorageError):
+        await read_all(storage, "small", 10, None)
+
+
+async def test_empty_blob(storage: ObjectStorage, make_file: MakeFile) -> None:
+    path, _ = make_file(0)
+    await storage.put_file("empty", path)
+
+    assert await storage.size("empty") == 0
+    assert await read_all(storage, "empty") == b""
+
+
+async def test_absent_blob(storage: ObjectStorage) -> None:
+    key = blob_key("0" * 64)
+
+    assert await storage.size(key) is None
+    assert not await storage.exists(key)
+    with pytest.raises(BlobNotFoundError):
+        await read_all(storage, key)
+    with pytest.raises(BlobNotFoundError):
+        await read_all(storage, key, 3, 3)
+    await storage.delete(key)
+
+
+async def test_delete(storage: ObjectStorage, make_file: MakeFile) -> None:
+    path, _ = make_file(1000)
+    await storage.put_file("to/delete", path)
+
+    await storage.delete("to/delete")
+
+    assert not await storage.exists("to/delete")
+    await storage.delete("to/delete")
+
+
+async def test_put_file_replaces_existing_blob(storage: ObjectStorage, make_file: MakeFile) -> None:
+    first, _ = make_file(100)
+    second, data = make_file(200)
+
+    await storage.put_file("same/key", first)
+    await storage.put_file("same/key", second)
+
+    assert await read_all(storage, "same/key") == data
+
+
+async def test_list_keys_by_string_prefix(storage: ObjectStorage, make_file: MakeFile) -> None:
+    keys = [blob_key("ab" * 32), blob_key("abcd" + "0" * 60), blob_key("ff" * 32), "other/x"]
+    for key in keys:
+        path, _ = make_file(10)
+        await storage.put_file(key, path)
+
+    async def listed(prefix: str) -> set[str]:
+        return {key async for key in storage.list_keys(prefix)}
+
+    assert await listed("") == set(keys)
+    assert await listed("sha256/") == set(keys[:3])
+    assert await listed("sha256/ab/") == set(keys[:2])
+    assert await listed("sha256/a") == set(keys[:2])
+    assert await listed("sha256/ab/ab/") == {keys[0]}
+    assert await listed("sha256/ff/ff/" + "f" * 63) == {keys[2]}
+    assert await listed("oth") == {"other/x"}
+    assert await listed("nothing/") == set()
+
+
+async def test_large_file_streams_through_multipart(
+    storage: ObjectStorage, make_file: MakeFile
+) -> None:
+    # Over obstore's 5 MiB part size: S3 and a cross-device local put use multipart.
+    path, data = make_file(12 * 1024 * 1024)
+
+    await storage.put_file("large", path)
+
+    digest = hashlib.sha256()
+    async for chunk in storage.open_range("large"):
+        assert len(chunk) <= 12 * 1024 * 1024
+        digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert await storage.size("large") == len(data)
+
+
+async def test_check_passes_on_reachable_store(storage: ObjectStorage) -> None:
+    await storage.check()
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "./a", "a/", "sp ace", "a#1", "é"])
+async def test_malformed_keys_are_refused(key: str) -> None:
+    storage = open_storage("memory://")
+
+    with pytest.raises(ValueError, match="invalid storage key"):
+        await storage.exists(key)
+
+
+def test_blob_key_is_content_address() -> None:
+    digest = hashlib.sha256(b"hello").hexdigest()
+
+    assert blob_key(digest) == f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+    assert blob_key(digest.upper()) == blob_key(digest)
+    with pytest.raises(ValueError, match="SHA-256"):
+        blob_key("abc")
+    with pytest.raises(ValueError, match="SHA-256"):
+        blob_key("g" * 64)
+
+
+# Local folder
+
+
+async def test_local_put_file_renames_20_mb_without_copy(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    incoming = tmp_path / "spool"
+    incoming.mkdir()
+    source = incoming / "download"
+    with source.open("wb") as out:
+        for _ in range(20):
+            out.write(os.urandom(1024 * 1024))
+    inode = source.stat().st_ino
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    key = blob_key(digest)
+
+    await storage.put_file(key, source)
+
+    stored = root.joinpath(*key.split("/"))
+    assert stored.stat().st_ino == inode, "the file was moved, not copied"
+    assert not source.exists()
+    assert list(incoming.iterdir()) == []
+    assert [p for p in root.rglob("*") if p.is_file()] == [stored]
+    assert await storage.size(key) == 20 * 1024 * 1024
+    read_back = hashlib.sha256()
+    async for chunk in storage.open_range(key):
+        read_back.update(chunk)
+    assert read_back.hexdigest() == digest
+
+
+async def test_local_put_file_across_file_systems_streams_and_consumes(
+    tmp_path: Path, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "replace", cross_device)
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    path, data = make_file(6 * 1024 * 1024)
+
+    await storage.put_file("moved/elsewhere", path)
+
+    assert not path.exists()
+    assert (root / "moved" / "elsewhere").read_bytes() == data
+
+
+async def test_local_put_file_of_missing_source_is_storage_error(tmp_path: Path) -> None:
+    storage = open_storage((tmp_path / "blobs").as_uri())
+
+    with pytest.raises(StorageError, match="could not store"):
+        await storage.put_file("k", tmp_path / "nope")
+
+
+async def test_local_check_fails_when_folder_is_gone(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    root.rmdir()
+
+    with pytest.raises(StorageError, match="does not exist"):
+        await storage.check()
+
+
+def test_open_storage_file_url_creates_folder(tmp_path: Path) -> None:
+    root = tmp_path / "a b" / "blobs"
+
+    storage = open_storage(root.as_uri(), {"fsync": "false"})
+
+    assert root.is_dir()
+    assert storage.local_root == root
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("ftp://host/x", None),
+        ("file://relative/path", None),
+        ("file:///tmp/x", {"endpoint": "http://127.0.0.1:1"}),
+        ("file:///tmp/x", {"fsync": "maybe"}),
+        ("memory://", {"region": "us-east-1"}),
+        ("s3://bucket/p", {"no_such_option": "1"}),
+        ("s3:///p", None),
+    ],
+)
+def test_open_storage_rejects_bad_settings(url: str, options: dict[str, str] | None) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        open_storage(url, options)
+
+
+# S3
+
+
+@pytest.mark.s3
+async def test_s3_check_on_missing_bucket_raises(s3_bucket: S3Bucket) -> None:  # noqa: F811
+    storage = open_storage("s3://no-such-bucket-fileimport/x", s3_bucket.options)
+
+    with pytest.raises(StorageError, match=r"NoSuchBucket|404"):
+        await storage.check()
+
+
+@pytest.mark.s3
+async def test_s3_check_on_unreachable_endpoint_times_out() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = obstore_options(f"http://127.0.0.1:{port}")
+    store = S3Store.from_url(
+        "s3://bucket/x",
+        endpoint=options["endpoint"],
+        region=options["region"],
+        access_key_id=options["access_key_id"],
+        secret_access_key=options["secret_access_key"],
+        client_options={"allow_http": True},
+    )
+    storage = ObjectStorage(store, check_timeout=0.5)
+
+    with pytest.raises(StorageError):
+        await storage.check()
+
+
+@pytest.mark.s3
+async def test_s3_keys_live_under_the_url_prefix(
+    s3_bucket: S3Bucket,  # noqa: F811
+    make_file: MakeFile,
+) -> None:
+    prefixed = open_storage(s3_bucket.url_for("tenant-a/blobs"), s3_bucket.options)
+    whole_bucket = open_storage(s3_bucket.url, s3_bucket.options)
+    path, data = make_file(50)
+
+    await prefixed.put_file("k/1", path)
+
+    assert await read_all(whole_bucket, "tenant-a/blobs/k/1") == data
+    assert [key async for key in prefixed.list_keys("k/")] == ["k/1"]
