@@ -1,0 +1,391 @@
+"""SSRF address guard: only globally routable addresses are fetched.
+
+A URL's host is resolved once, every address it resolves to is checked, and
+the connection is made to a checked address (never to the host name again), so
+an origin cannot pass the check with a public answer and then connect to a
+private one with a second, different DNS answer (DNS rebinding).
+
+Blocked by default (IPv4 and IPv6): loopback, private (RFC 1918, unique-local
+``fc00::/7``), link-local, shared/CGNAT ``100.64.0.0/10`` (RFC 6598),
+multicast, broadcast, unspecified, reserved, documentation and benchmarking
+ranges, site-local ``fec0::/10``, and IPv6 addresses that embed a blocked IPv4
+address (IPv4-mapped ``::ffff:0:0/96``, NAT64 ``64:ff9b::/96`` RFC 6052, 6to4
+``2002::/16`` RFC 3056). Operators open networks with
+``FILEIMPORT_FETCH_ALLOWED_NETWORKS`` and host names with
+``FILEIMPORT_FETCH_ALLOWED_HOSTS``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import httpcore2
+import httpx2
+
+if TYPE_CHECKING:
+    import ssl
+
+    from fileimport.core.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""``await resolver(host, port)`` → IP address strings, in connection order.
+
+Raises ``HostNotFoundError`` (or ``socket.gaierror``) when the name does not
+exist.
+"""
+
+ALLOW_HINT = "set FILEIMPORT_FETCH_ALLOWED_NETWORKS to allow it"
+
+# (network, description with its article). Checked most specific first, so
+# 255.255.255.255 is "broadcast" and not "reserved".
+_V4_RULES: tuple[tuple[str, str], ...] = (
+    ("255.255.255.255/32", "a broadcast"),
+    ("0.0.0.0/8", "an unspecified"),  # RFC 1122 "this network"
+    ("10.0.0.0/8", "a private"),  # RFC 1918
+    ("100.64.0.0/10", "a shared (CGNAT)"),  # RFC 6598
+    ("127.0.0.0/8", "a loopback"),
+    ("169.254.0.0/16", "a link-local"),  # RFC 3927; cloud metadata lives here
+    ("172.16.0.0/12", "a private"),
+    ("192.0.0.0/24", "a reserved"),  # RFC 6890 IETF protocol assignments
+    ("192.0.2.0/24", "a documentation"),  # RFC 5737
+    ("192.88.99.0/24", "a reserved"),  # RFC 7526 deprecated 6to4 relay anycast
+    ("192.168.0.0/16", "a private"),
+    ("198.18.0.0/15", "a benchmarking"),  # RFC 2544
+    ("198.51.100.0/24", "a documentation"),
+    ("203.0.113.0/24", "a documentation"),
+    ("224.0.0.0/4", "a multicast"),
+    ("240.0.0.0/4", "a reserved"),
+)
+_V6_RULES: tuple[tuple[str, str], ...] = (
+    ("::/128", "an unspecified"),
+    ("::1/128", "a loopback"),
+    ("64:ff9b:1::/48", "a private"),  # RFC 8215 local-use NAT64
+    ("100::/64", "a reserved"),  # RFC 6666 discard-only
+    ("2001::/23", "a reserved"),  # RFC 2928 IETF protocol assignments, incl. Teredo
+    ("2001:db8::/32", "a documentation"),  # RFC 3849
+    ("3fff::/20", "a documentation"),  # RFC 9637
+    ("fc00::/7", "a unique-local"),  # RFC 4193
+    ("fe80::/10", "a link-local"),
+    ("fec0::/10", "a site-local"),  # RFC 3879, deprecated
+    ("ff00::/8", "a multicast"),
+    ("::/8", "a reserved"),  # includes deprecated IPv4-compatible ::a.b.c.d
+)
+
+
+def _compile(rules: Iterable[tuple[str, str]]) -> tuple[tuple[IPNetwork, str], ...]:
+    compiled = [(ipaddress.ip_network(net), label) for net, label in rules]
+    compiled.sort(key=lambda rule: rule[0].prefixlen, reverse=True)
+    return tuple(compiled)
+
+
+_V4_BLOCKED = _compile(_V4_RULES)
+_V6_BLOCKED = _compile(_V6_RULES)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056
+
+
+class BlockedAddressError(Exception):
+    """A host resolves to an address the guard does not allow.
+
+    ``host`` is the host name as given (or the IP literal), ``address`` the
+    offending IP address, ``kind`` its description ("a private").
+    """
+
+    def __init__(self, host: str, address: str, kind: str) -> None:
+        self.host = host
+        self.address = address
+        self.kind = kind
+        if host == address:
+            message = f"{address} is {kind} address; {ALLOW_HINT}"
+        else:
+            message = f"{host} resolves to {address}, {kind} address; {ALLOW_HINT}"
+        super().__init__(message)
+
+
+class HostNotFoundError(Exception):
+    """DNS has no address for ``host`` (NXDOMAIN or no A/AAAA record)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(f"{host} does not resolve to any address")
+
+
+def parse_ip(value: str | IPAddress) -> IPAddress | None:
+    """``value`` as an IP address (``[::1]`` brackets and ``%scope`` allowed), or None."""
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64 or 6to4 address stands for."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return None
+
+
+def classify_address(ip: IPAddress) -> str | None:
+    """Why ``ip`` is blocked ("a private", "a loopback", ...), or None if it is global.
+
+    Pure classification; allowed networks are not considered here.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ip if ip.scope_id is None else ipaddress.IPv6Address(ip.compressed.split("%")[0])
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            kind = classify_address(embedded)
+            if kind is not None:
+                return kind
+            if ip.ipv4_mapped is not None or ip in _NAT64:
+                # These forward to the IPv4 address (RFC 4291 §2.5.5.2, RFC 6052),
+                # whose verdict is the one that counts.
+                return None
+        rules = _V6_BLOCKED
+    else:
+        rules = _V4_BLOCKED
+    for network, kind in rules:
+        if ip in network:
+            return kind
+    if ip.is_multicast:
+        return "a multicast"
+    if ip.is_reserved:
+        return "a reserved"
+    if ip.is_private or not ip.is_global:
+        return "a non-global"
+    return None
+
+
+_PERMANENT_DNS_ERRORS = frozenset(
+    {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME), socket.EAI_FAIL}
+)
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve ``host`` with the system resolver (``getaddrinfo``, TCP).
+
+    Returns the addresses in the order the system prefers (RFC 6724),
+    without duplicates. Raises ``HostNotFoundError`` when the name does not
+    exist or has no address; a temporary failure (``EAI_AGAIN``) is raised as
+    ``socket.gaierror``.
+    """
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _PERMANENT_DNS_ERRORS:
+            raise HostNotFoundError(host) from exc
+        raise
+    except UnicodeError as exc:  # not a valid IDNA name
+        raise HostNotFoundError(host) from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class AddressGuard:
+    """Decides which addresses may be connected to.
+
+    ``allowed_networks`` open address ranges (``127.0.0.0/8`` for local
+    development); ``allowed_hosts`` are host names (lower case, no trailing
+    dot, exact match) whose addresses are not checked at all. ``resolver``
+    replaces DNS, e.g. with a stub in tests.
+    """
+
+    def __init__(
+        self,
+        allowed_networks: Sequence[IPNetwork] = (),
+        allowed_hosts: Sequence[str] = (),
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.allowed_networks: tuple[IPNetwork, ...] = tuple(allowed_networks)
+        self.allowed_hosts: frozenset[str] = frozenset(_normalize_host(h) for h in allowed_hosts)
+        self._resolver: Resolver = resolver or system_resolver
+
+    def is_allowed_network(self, ip: IPAddress) -> bool:
+        """Whether ``ip`` (or the IPv4 address it maps to) is in an allowed network."""
+        candidates: list[IPAddress] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        return any(
+            candidate.version == network.version and candidate in network
+            for candidate in candidates
+            for network in self.allowed_networks
+        )
+
+    def check_address(self, ip: str | IPAddress, host: str | None = None) -> None:
+        """Raise ``BlockedAddressError`` unless ``ip`` may be connected to.
+
+        ``host`` names the host for the error message (default: ``ip``).
+        Raises ``ValueError`` if ``ip`` is not an IP address.
+        """
+        address = parse_ip(ip)
+        if address is None:
+            raise ValueError(f"{ip!r} is not an IP address")
+        if self.is_allowed_network(address):
+            return
+        kind = classify_address(address)
+        if kind is not None:
+            raise BlockedAddressError(host or str(address), str(address), kind)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses to connect to for ``host``, every one of them checked.
+
+        IP literals (``10.0.0.1``, ``::1``, ``[::1]``) are checked without DNS.
+        Returns IP address strings in connection order. Raises
+        ``BlockedAddressError`` if ANY address is blocked (a name with one
+        private answer is refused outright, so the outcome does not depend on
+        which answer a connection happens to use), ``HostNotFoundError`` when
+        the name does not resolve, ``socket.gaierror`` on a temporary DNS
+        failure. Hosts in ``allowed_hosts`` are resolved but not checked.
+        """
+        name = _normalize_host(host)
+        literal = parse_ip(name)
+        if literal is not None:
+            if name not in self.allowed_hosts:
+                self.check_address(literal, host)
+            return [str(literal)]
+        try:
+            answers = await self._resolver(name, port)
+        except socket.gaierror as exc:
+            if exc.errno in _PERMANENT_DNS_ERRORS:
+                raise HostNotFoundError(host) from exc
+            raise
+        addresses = list(dict.fromkeys(answers))
+        if not addresses:
+            raise HostNotFoundError(host)
+        if name not in self.allowed_hosts:
+            for address in addresses:
+                self.check_address(address, host)
+        return addresses
+
+
+def _normalize_host(host: str) -> str:
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return name
+
+
+class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
+    """An httpcore2 network backend that connects only to checked addresses.
+
+    ``connect_tcp`` resolves the host once through the guard and connects to
+    the checked IP addresses in order (the first that accepts wins), so there
+    is no second DNS lookup. TLS is unaffected: httpcore2 passes the original
+    host name to ``start_tls`` as ``server_hostname`` (SNI and certificate
+    check), and the ``Host`` header comes from the request URL.
+
+    Errors: ``BlockedAddressError`` and ``HostNotFoundError`` propagate as
+    they are (httpx2 re-raises exceptions it does not know unchanged);
+    temporary DNS failures become ``httpcore2.ConnectError``; the connect
+    timeout (seconds) covers resolution and all connection attempts and
+    becomes ``httpcore2.ConnectTimeout``.
+    """
+
+    def __init__(self, guard: AddressGuard, backend: httpcore2.AsyncNetworkBackend | None = None) -> None:
+        self._guard = guard
+        self._backend = backend or httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await self._guard.resolve(host, port)
+        except TimeoutError as exc:
+            raise httpcore2.ConnectTimeout(f"resolving {host} timed out") from exc
+        except OSError as exc:  # temporary DNS failure: worth a retry
+            raise httpcore2.ConnectError(f"resolving {host} failed: {exc}") from exc
+
+        last_error: Exception | None = None
+        for address in addresses:
+            remaining = None if deadline is None else deadline - anyio.current_time()
+            if remaining is not None and remaining <= 0:
+                raise httpcore2.ConnectTimeout(f"connecting to {host} timed out")
+            try:
+                return await self._backend.connect_tcp(
+                    address,
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore2.ConnectError as exc:
+                last_error = exc
+        if last_error is None:  # resolve() never returns an empty list
+            raise httpcore2.ConnectError(f"{host} has no address to connect to")
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        """Refused: a Unix socket would bypass the address guard."""
+        raise httpcore2.ConnectError("Unix domain sockets are not allowed by the address guard")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def create_guarded_transport(
+    guard: AddressGuard,
+    *,
+    max_connections: int | None = None,
+    max_keepalive_connections: int | None = 20,
+    keepalive_expiry: float | None = 5.0,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx2.AsyncHTTPTransport:
+    """An httpx2 transport whose every TCP connection goes through ``guard``.
+
+    ``max_connections`` (None: unlimited) and ``max_keepalive_connections``
+    bound the pool, ``keepalive_expiry`` is in seconds, ``verify`` is
+    httpx2's TLS verification setting. HTTP/1.1 only; environment proxies are
+    ignored (a proxy would connect on our behalf, past the guard).
+    """
+    ssl_context = httpx2.create_ssl_context(verify=verify, trust_env=False)
+    transport = httpx2.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
+    # httpx2.AsyncHTTPTransport has no network_backend parameter, so replace
+    # its (still unused, connection-less) pool with one that connects through
+    # the guard. The rest of the transport (exception mapping, stream
+    # wrapping) stays httpx2's own.
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+        keepalive_expiry=keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=GuardedNetworkBackend(guard),
+    )
+    return transport
+
+
+def guard_from_settings(settings: Settings, resolver: Resolver | None = None) -> AddressGuard:
+    """The guard configured by ``FILEIMPORT_FETCH_ALLOWED_NETWORKS`` / ``_HOSTS``."""
+    return AddressGuard(
+        allowed_networks=settings.fetch_allowed_networks,
+        allowed_hosts=settings.fetch_allowed_hosts,
+        resolver=resolver,
+    )

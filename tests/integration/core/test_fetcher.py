@@ -1,0 +1,762 @@
+"""The origin fetcher against real HTTP origins on loopback.
+
+Every origin listens on 127.0.0.x or ::1; host names are mapped to loopback
+addresses by stub resolvers, and blocked hops are refused before any
+connection is attempted (``connect_log`` records every TCP connect).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import socket
+import ssl
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fileimport import USER_AGENT
+from fileimport.core.address_guard import AddressGuard, Resolver, create_guarded_transport
+from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
+from fileimport.core.settings import Settings
+from tests.support.fault_origin import (
+    HTML_ERROR_PAGE,
+    LAST_MODIFIED,
+    PDF_BODY,
+    FaultOrigin,
+    iter_payload,
+    payload,
+    serve_fault_origin,
+    start_fault_origin,
+)
+
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+MiB = 1024 * 1024
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "fetch_allowed_networks": LOOPBACK,
+        "fetch_max_attempts": 3,
+        "fetch_backoff_base": 0.01,
+        "fetch_backoff_max": 0.05,
+        "fetch_connect_timeout": 2.0,
+        "fetch_read_timeout": 2.0,
+        "fetch_deadline_base": 10.0,
+        "fetch_chunk_bytes": 64 * 1024,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stub_resolver(answers: dict[str, list[str]], calls: list[str] | None = None) -> Resolver:
+    async def resolve(host: str, port: int) -> list[str]:
+        if calls is not None:
+            calls.append(host)
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answers[host]
+
+    return resolve
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[FaultOrigin]:
+    async with serve_fault_origin() as running:
+        yield running
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def connect_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every address httpcore2 opens a TCP connection to."""
+    hosts: list[str] = []
+    real_connect = anyio.connect_tcp
+
+    async def recording_connect(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
+        hosts.append(str(remote_host))
+        return await real_connect(remote_host, remote_port, **kwargs)
+
+    monkeypatch.setattr(anyio, "connect_tcp", recording_connect)
+    return hosts
+
+
+FetchFn = Callable[..., Any]
+
+
+@pytest.fixture
+def fetch(spool_dir: Path) -> FetchFn:
+    """``await fetch(url, max_bytes=..., settings=..., guard=..., etag=...)`` with a fresh fetcher."""
+
+    async def run(
+        url: str,
+        *,
+        max_bytes: int = 10 * MiB,
+        settings: Settings | None = None,
+        guard: AddressGuard | None = None,
+        **kwargs: Any,
+    ) -> FetchedFile | NotModified:
+        async with OriginFetcher(settings or make_settings(), guard=guard, spool_dir=spool_dir) as fetcher:
+            return await fetcher.fetch(url, max_bytes=max_bytes, **kwargs)
+
+    return run
+
+
+async def fetch_error(fetch: FetchFn, url: str, **kwargs: Any) -> FetchError:
+    with pytest.raises(FetchError) as caught:
+        await fetch(url, **kwargs)
+    return caught.value
+
+
+def spooled(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.iterdir()) if spool_dir.exists() else []
+
+
+# -- successful downloads -------------------------------------------------------
+
+
+async def test_downloads_a_file_to_the_spool(origin: FaultOrigin, fetch: FetchFn, spool_dir: Path) -> None:
+    body = payload(200_000)
+    result = await fetch(origin.url("/ok?size=200000&type=image/png"))
+    assert isinstance(result, FetchedFile)
+    assert result.path.parent == spool_dir
+    assert result.path.read_bytes() == body
+    assert result.sha256 == sha256(body)
+    assert result.size == 200_000
+    assert result.head == body[: 64 * 1024]
+    assert result.content_type == "image/png"
+    assert result.etag == f'"{sha256(body)[:16]}"'
+    assert result.last_modified == format_datetime(LAST_MODIFIED, usegmt=True)
+    assert result.final_url == origin.url("/ok?size=200000&type=image/png")
+    assert result.attempts == 1
+    sent = origin.requests[-1].headers
+    assert sent["User-Agent"] == USER_AGENT
+    assert sent["Accept-Encoding"] == "gzip, deflate"
+    assert "If-None-Match" not in sent
+
+
+async def test_large_body_without_content_length_keeps_memory_flat(
+    origin: FaultOrigin, fetch: FetchFn
+) -> None:
+    size = 8 * MiB
+    expected = hashlib.sha256()
+    for piece in iter_payload(size):
+        expected.update(piece)
+    tracemalloc.start()
+    try:
+        result = await fetch(origin.url(f"/large?size={size}"), max_bytes=16 * MiB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(result, FetchedFile)
+    assert result.size == size
+    assert result.sha256 == expected.hexdigest()
+    assert result.path.stat().st_size == size
+    assert peak < 3 * MiB, f"peak Python memory {peak} bytes for an {size}-byte body"
+
+
+async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None:
+    body = payload(50_000)
+    result = await fetch(origin.url("/gzip?size=50000"))
+    assert isinstance(result, FetchedFile)
+    assert result.size == 50_000
+    assert result.sha256 == sha256(body)
+    assert result.path.read_bytes() == body
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path", "name"),
+    [
+        ("/files/my photo é.jpg", "/files/my%20photo%20%C3%A9.jpg", "my photo é.jpg"),
+        ("/files/my%20photo%20%C3%A9.jpg", "/files/my%20photo%20%C3%A9.jpg", "my photo é.jpg"),
+        (
+            "/files/Übersicht 2024/plan (1).pdf",
+            "/files/%C3%9Cbersicht%202024/plan%20(1).pdf",
+            "Übersicht 2024/plan (1).pdf",
+        ),
+    ],
+)
+async def test_paths_with_spaces_and_non_ascii_are_percent_encoded(
+    origin: FaultOrigin, fetch: FetchFn, path: str, raw_path: str, name: str
+) -> None:
+    result = await fetch(origin.url(path))
+    assert isinstance(result, FetchedFile)
+    assert origin.requests[-1].raw_path == raw_path
+    assert result.sha256 == sha256(payload(1000, seed=name))
+    assert result.final_url == origin.url(raw_path)
+
+
+async def test_url_without_file_extension(origin: FaultOrigin, fetch: FetchFn) -> None:
+    result = await fetch(origin.url("/download/12345"))
+    assert isinstance(result, FetchedFile)
+    assert result.content_type == "application/pdf"
+    assert result.head == PDF_BODY
+    assert result.sha256 == sha256(PDF_BODY)
+
+
+async def test_html_page_labelled_as_jpeg_is_returned_for_sniffing(
+    origin: FaultOrigin, fetch: FetchFn
+) -> None:
+    # The fetcher reports what was sent; the caller sniffs the bytes.
+    result = await fetch(origin.url("/html-as-jpeg"))
+    assert isinstance(result, FetchedFile)
+    assert result.content_type == "image/jpeg"
+    assert result.head.startswith(b"<!DOCTYPE html>")
+    assert result.sha256 == sha256(HTML_ERROR_PAGE)
+
+
+async def test_ipv6_loopback_origin(fetch: FetchFn) -> None:
+    try:
+        running = await start_fault_origin("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        result = await fetch(running.url("/ok?size=1234"))
+    finally:
+        await running.aclose()
+    assert isinstance(result, FetchedFile)
+    assert result.sha256 == sha256(payload(1234))
+    assert result.final_url.startswith("http://[::1]:")
+
+
+# -- conditional requests -------------------------------------------------------
+
+
+async def test_conditional_request_answers_not_modified(origin: FaultOrigin, fetch: FetchFn) -> None:
+    first = await fetch(origin.url("/conditional"))
+    assert isinstance(first, FetchedFile)
+    assert first.etag == '"v1"'
+
+    again = await fetch(origin.url("/conditional"), etag=first.etag)
+    assert again == NotModified(etag='"v1"', last_modified=first.last_modified, attempts=1)
+    assert origin.requests[-1].headers["If-None-Match"] == '"v1"'
+
+    by_date = await fetch(origin.url("/conditional"), last_modified=first.last_modified)
+    assert isinstance(by_date, NotModified)
+    assert origin.requests[-1].headers["If-Modified-Since"] == first.last_modified
+
+    changed = await fetch(origin.url("/conditional?etag=%22v2%22"), etag='"v1"')
+    assert isinstance(changed, FetchedFile)
+    assert changed.etag == '"v2"'
+    assert changed.sha256 == sha256(payload(2000, seed='"v2"'))
+
+
+async def test_unrequested_304_is_an_error(origin: FaultOrigin, fetch: FetchFn, spool_dir: Path) -> None:
+    error = await fetch_error(fetch, origin.url("/status/304"))
+    assert error.code == "http_304"
+    assert not error.retryable
+
+
+# -- HTTP errors and retries ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(404, "Not Found"), (410, "Gone"), (403, "Forbidden")])
+async def test_client_errors_are_final(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path, status: int, phrase: str
+) -> None:
+    url = origin.url(f"/status/{status}")
+    error = await fetch_error(fetch, url)
+    assert error.code == f"http_{status}"
+    assert error.reason == f"The origin answered {status} {phrase} for {url}."
+    assert not error.retryable
+    assert error.attempts == 1
+    assert origin.hits[f"/status/{status}"] == 1
+    assert spooled(spool_dir) == []
+
+
+async def test_server_error_then_success_is_retried(origin: FaultOrigin, fetch: FetchFn) -> None:
+    result = await fetch(origin.url("/flaky/a?failures=1&status=500&size=3000"))
+    assert isinstance(result, FetchedFile)
+    assert result.attempts == 2
+    assert result.sha256 == sha256(payload(3000, seed="a"))
+    assert origin.hits["/flaky/a"] == 2
+
+
+async def test_persistent_server_error_gives_up_after_max_attempts(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url("/status/500"))
+    assert error.code == "http_500"
+    assert error.retryable
+    assert error.attempts == 3
+    assert origin.hits["/status/500"] == 3
+    assert spooled(spool_dir) == []
+
+
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
+async def test_transient_statuses_are_retried(origin: FaultOrigin, fetch: FetchFn, status: int) -> None:
+    result = await fetch(origin.url(f"/flaky/s{status}?failures=2&status={status}"))
+    assert isinstance(result, FetchedFile)
+    assert result.attempts == 3
+
+
+async def test_retry_after_seconds_is_honoured(origin: FaultOrigin, fetch: FetchFn) -> None:
+    settings = make_settings(fetch_backoff_max=5.0)
+    started = time.monotonic()
+    result = await fetch(origin.url("/flaky/ra?failures=1&status=503&retry_after=1"), settings=settings)
+    elapsed = time.monotonic() - started
+    assert isinstance(result, FetchedFile)
+    assert result.attempts == 2
+    assert 0.95 <= elapsed < 4
+
+
+async def test_retry_after_is_capped_by_backoff_max(origin: FaultOrigin, fetch: FetchFn) -> None:
+    settings = make_settings(fetch_backoff_max=0.2)
+    started = time.monotonic()
+    result = await fetch(origin.url("/flaky/cap?failures=1&status=429&retry_after=120"), settings=settings)
+    assert isinstance(result, FetchedFile)
+    assert result.attempts == 2
+    assert time.monotonic() - started < 3
+
+
+async def test_retry_after_http_date_is_reported(origin: FaultOrigin, fetch: FetchFn) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    url = origin.url(f"/flaky/date?failures=9&status=429&retry_after={quote(when)}")
+    error = await fetch_error(fetch, url, settings=make_settings(fetch_max_attempts=1))
+    assert error.code == "http_429"
+    assert error.retry_after is not None
+    assert 25 <= error.retry_after <= 31
+
+
+# -- broken transfers -----------------------------------------------------------
+
+
+async def test_connection_reset_mid_body_is_truncated(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url("/reset?size=200000"))
+    assert error.code == "truncated"
+    assert error.retryable
+    assert error.attempts == 3
+    assert origin.hits["/reset"] == 3
+    assert spooled(spool_dir) == []
+
+
+async def test_body_shorter_than_content_length_is_truncated(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url("/short?size=100000"))
+    assert error.code == "truncated"
+    assert "50000 bytes received of 100000" in error.reason
+    assert error.attempts == 3
+    assert spooled(spool_dir) == []
+
+
+async def test_idle_origin_times_out(origin: FaultOrigin, fetch: FetchFn, spool_dir: Path) -> None:
+    settings = make_settings(fetch_read_timeout=0.3, fetch_max_attempts=2)
+    started = time.monotonic()
+    error = await fetch_error(fetch, origin.url("/trickle?size=5&interval=1"), settings=settings)
+    assert error.code == "timeout"
+    assert error.retryable
+    assert error.attempts == 2
+    assert time.monotonic() - started < 2.5
+    assert spooled(spool_dir) == []
+
+
+async def test_overall_deadline_cuts_a_slow_download(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    # 1 byte every 50 ms never trips the 2 s idle timeout, but 100 bytes take
+    # 5 s while the deadline is 0.4 s + 100 B / 1 MiB/s.
+    settings = make_settings(fetch_deadline_base=0.4, fetch_deadline_min_rate=MiB, fetch_max_attempts=1)
+    started = time.monotonic()
+    error = await fetch_error(fetch, origin.url("/trickle?size=100&interval=0.05"), settings=settings)
+    elapsed = time.monotonic() - started
+    assert error.code == "timeout"
+    assert "deadline" in error.reason
+    assert 0.35 <= elapsed < 1.5
+    assert spooled(spool_dir) == []
+
+
+async def test_cancelled_fetch_leaves_no_spool_file(origin: FaultOrigin, spool_dir: Path) -> None:
+    async with OriginFetcher(make_settings(), spool_dir=spool_dir) as fetcher:
+        with anyio.move_on_after(0.3) as scope:
+            await fetcher.fetch(origin.url("/trickle?size=100&interval=0.05"), max_bytes=MiB)
+    assert scope.cancelled_caught
+    assert spooled(spool_dir) == []
+
+
+async def test_closed_port_is_a_connection_error(fetch: FetchFn, spool_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = await fetch_error(fetch, f"http://127.0.0.1:{port}/ok")
+    assert error.code == "connection_error"
+    assert error.retryable
+    assert error.attempts == 3
+
+
+# -- size limits ----------------------------------------------------------------
+
+
+async def test_content_length_over_limit_is_too_large_before_download(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url("/ok?size=5000"), max_bytes=4999)
+    assert error.code == "too_large"
+    assert "5000 bytes (Content-Length)" in error.reason
+    assert not error.retryable
+    assert error.attempts == 1
+    assert spooled(spool_dir) == []
+
+
+async def test_exact_limit_is_accepted(origin: FaultOrigin, fetch: FetchFn) -> None:
+    result = await fetch(origin.url("/ok?size=5000"), max_bytes=5000)
+    assert isinstance(result, FetchedFile)
+    assert result.size == 5000
+
+
+async def test_body_without_length_over_limit_is_too_large(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url(f"/large?size={4 * MiB}"), max_bytes=MiB)
+    assert error.code == "too_large"
+    assert error.attempts == 1
+    assert spooled(spool_dir) == []
+
+
+async def test_gzip_bomb_is_cut_off_after_decoding(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    # ~10 KiB on the wire, 10 MB once inflated.
+    error = await fetch_error(fetch, origin.url("/gzip-bomb?size=10000000"), max_bytes=MiB)
+    assert error.code == "too_large"
+    assert "after decoding" in error.reason
+    assert spooled(spool_dir) == []
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "compress"])
+async def test_undecodable_body_is_a_decoding_error(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path, coding: str
+) -> None:
+    error = await fetch_error(fetch, origin.url(f"/bad-encoding?coding={coding}"))
+    assert error.code == "decoding_error"
+    assert coding in error.reason
+    assert not error.retryable
+    assert spooled(spool_dir) == []
+
+
+# -- redirects ------------------------------------------------------------------
+
+
+async def test_redirect_chain_within_the_limit(origin: FaultOrigin, fetch: FetchFn) -> None:
+    result = await fetch(origin.url("/chain/5?size=777"))
+    assert isinstance(result, FetchedFile)
+    assert result.final_url == origin.url("/chain/0?size=777")
+    assert result.sha256 == sha256(payload(777))
+    assert result.attempts == 1
+
+
+async def test_redirect_chain_of_six_is_too_many(origin: FaultOrigin, fetch: FetchFn) -> None:
+    error = await fetch_error(fetch, origin.url("/chain/6"))
+    assert error.code == "too_many_redirects"
+    assert not error.retryable
+    assert error.attempts == 1
+    assert origin.hits["/chain/0"] == 0
+
+
+@pytest.mark.parametrize("path", ["/loop", "/loop/a"])
+async def test_redirect_loop_is_too_many_redirects(origin: FaultOrigin, fetch: FetchFn, path: str) -> None:
+    error = await fetch_error(fetch, origin.url(path))
+    assert error.code == "too_many_redirects"
+    assert "loop" in error.reason
+    assert sum(origin.hits.values()) <= 2
+
+
+async def test_redirect_to_loopback_address_is_followed_when_allowed(
+    origin: FaultOrigin, fetch: FetchFn
+) -> None:
+    target = f"http://127.0.0.1:{origin.port}/ok?size=10"
+    result = await fetch(origin.url(f"/redirect?to={quote(target, safe='')}&status=301"))
+    assert isinstance(result, FetchedFile)
+    assert result.final_url == target
+
+
+async def test_public_origin_redirecting_to_loopback_is_blocked(
+    connect_log: list[str], fetch: FetchFn, spool_dir: Path
+) -> None:
+    # "public.test" stands for an internet origin: it resolves to 127.0.0.2,
+    # the only address the guard allows; its redirect to 127.0.0.1 is refused.
+    async with serve_fault_origin("127.0.0.2") as public:
+        guard = AddressGuard(
+            allowed_networks=[ipaddress.ip_network("127.0.0.2/32")],
+            resolver=stub_resolver({"public.test": ["127.0.0.2"]}),
+        )
+        target = f"http://127.0.0.1:{public.port}/ok"
+        url = f"http://public.test:{public.port}/redirect?to={quote(target, safe='')}"
+        error = await fetch_error(fetch, url, guard=guard)
+    assert error.code == "blocked_address"
+    assert "127.0.0.1 is a loopback address" in error.reason
+    assert not error.retryable
+    assert public.hits["/ok"] == 0
+    assert connect_log == ["127.0.0.2"]
+    assert spooled(spool_dir) == []
+
+
+async def test_redirect_to_cloud_metadata_is_blocked_before_connecting(
+    origin: FaultOrigin, connect_log: list[str], fetch: FetchFn
+) -> None:
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network("127.0.0.1/32")])
+    target = "http://169.254.169.254/latest/meta-data/"
+    error = await fetch_error(fetch, origin.url(f"/redirect?to={quote(target, safe='')}"), guard=guard)
+    assert error.code == "blocked_address"
+    assert "169.254.169.254 is a link-local address" in error.reason
+    assert error.attempts == 1
+    assert "169.254.169.254" not in connect_log
+    assert connect_log == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/file.jpg", "file:///etc/passwd", "gopher://x/"])
+async def test_redirect_to_other_schemes_is_refused(origin: FaultOrigin, fetch: FetchFn, target: str) -> None:
+    error = await fetch_error(fetch, origin.url(f"/redirect?to={quote(target, safe='')}"))
+    assert error.code == "unsupported_scheme"
+    assert not error.retryable
+
+
+async def test_redirect_without_location(origin: FaultOrigin, fetch: FetchFn) -> None:
+    error = await fetch_error(fetch, origin.url("/redirect?to="))
+    assert error.code == "http_302"
+    assert "without a Location" in error.reason
+
+
+async def test_credentials_and_cookies_stay_with_their_origin(origin: FaultOrigin, fetch: FetchFn) -> None:
+    guard = AddressGuard(
+        allowed_networks=LOOPBACK,
+        resolver=stub_resolver({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]}),
+    )
+    basic = "Basic " + base64.b64encode(b"user:secret").decode()
+    port = origin.port
+
+    same = f"http://user:secret@a.test:{port}/redirect?cookie=c1&to=/echo"
+    await fetch(same, guard=guard)
+    first, second = origin.requests[-2:]
+    assert first.headers["Authorization"] == basic
+    assert second.path == "/echo"
+    assert second.headers["Authorization"] == basic  # same origin keeps it
+    assert "Cookie" not in second.headers  # cookies are never stored
+
+    other = f"http://b.test:{port}/echo"
+    cross = f"http://user:secret@a.test:{port}/redirect?cookie=c2&to={quote(other, safe='')}"
+    result = await fetch(cross, guard=guard)
+    first, second = origin.requests[-2:]
+    assert first.headers["Authorization"] == basic
+    assert second.headers["Host"] == f"b.test:{port}"
+    assert "Authorization" not in second.headers
+    assert "Cookie" not in second.headers
+    assert isinstance(result, FetchedFile)
+    assert "secret" not in result.final_url
+
+
+# -- URLs and the address guard -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("not a url", "invalid_url"),
+        ("/relative/path.jpg", "invalid_url"),
+        ("http:///no-host.jpg", "invalid_url"),
+        ("http://exa mple.com/a.jpg", "invalid_url"),
+        ("http://[::1/a.jpg", "invalid_url"),
+        ("ftp://127.0.0.1/a.jpg", "unsupported_scheme"),
+        ("file:///etc/passwd", "unsupported_scheme"),
+    ],
+)
+async def test_bad_urls_are_refused_without_connecting(
+    connect_log: list[str], fetch: FetchFn, url: str, code: str
+) -> None:
+    error = await fetch_error(fetch, url)
+    assert error.code == code
+    assert not error.retryable
+    assert connect_log == []
+
+
+async def test_unknown_host_is_host_not_found(connect_log: list[str], fetch: FetchFn) -> None:
+    guard = AddressGuard(allowed_networks=LOOPBACK, resolver=stub_resolver({}))
+    error = await fetch_error(fetch, "http://nowhere.test/a.jpg", guard=guard)
+    assert error.code == "host_not_found"
+    assert "nowhere.test" in error.reason
+    assert error.attempts == 1
+    assert connect_log == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1/a.jpg", "http://[fd00::1]/a.jpg", "http://169.254.169.254/"]
+)
+async def test_private_literals_are_blocked_before_connecting(
+    connect_log: list[str], fetch: FetchFn, url: str
+) -> None:
+    error = await fetch_error(fetch, url)
+    assert error.code == "blocked_address"
+    assert "FILEIMPORT_FETCH_ALLOWED_NETWORKS" in error.reason
+    assert connect_log == []
+
+
+async def test_loopback_is_blocked_by_default(
+    origin: FaultOrigin, connect_log: list[str], fetch: FetchFn
+) -> None:
+    error = await fetch_error(fetch, origin.url("/ok"), settings=make_settings(fetch_allowed_networks=[]))
+    assert error.code == "blocked_address"
+    assert origin.hits["/ok"] == 0
+    assert connect_log == []
+
+
+async def test_dns_rebinding_cannot_reach_a_blocked_address(connect_log: list[str], spool_dir: Path) -> None:
+    """The resolver answers the allowed 127.0.0.2 first and the blocked 127.0.0.1
+    afterwards; an origin listens on both. Only the checked answer is used."""
+    good = await start_fault_origin("127.0.0.2")
+    try:
+        try:
+            bad = await start_fault_origin("127.0.0.1", good.port)
+        except OSError:
+            pytest.skip("port taken on 127.0.0.1")
+        try:
+            calls: list[str] = []
+
+            async def rebinding(host: str, port: int) -> list[str]:
+                calls.append(host)
+                return ["127.0.0.2"] if len(calls) == 1 else ["127.0.0.1"]
+
+            guard = AddressGuard(allowed_networks=[ipaddress.ip_network("127.0.0.2/32")], resolver=rebinding)
+            url = f"http://rebind.test:{good.port}/ok?size=100"
+            async with OriginFetcher(make_settings(), guard=guard, spool_dir=spool_dir) as fetcher:
+                result = await fetcher.fetch(url, max_bytes=MiB)
+            assert isinstance(result, FetchedFile)
+            assert calls == ["rebind.test"]  # resolved once for the one connection
+            assert good.hits["/ok"] == 1
+            assert good.requests[-1].local_address == "127.0.0.2"
+            assert good.requests[-1].headers["Host"] == f"rebind.test:{good.port}"
+
+            # A new connection resolves again and gets the blocked answer.
+            async with OriginFetcher(make_settings(), guard=guard, spool_dir=spool_dir) as fetcher:
+                with pytest.raises(FetchError) as caught:
+                    await fetcher.fetch(url, max_bytes=MiB)
+            assert caught.value.code == "blocked_address"
+            assert calls == ["rebind.test", "rebind.test"]
+            assert bad.hits["/ok"] == 0
+            assert connect_log == ["127.0.0.2"]
+        finally:
+            await bad.aclose()
+    finally:
+        await good.aclose()
+
+
+# -- politeness -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_per_origin_concurrency_limit(origin: FaultOrigin, spool_dir: Path, limit: int) -> None:
+    settings = make_settings(fetch_per_origin_concurrency=limit)
+    results: list[FetchedFile | NotModified] = []
+    async with OriginFetcher(settings, spool_dir=spool_dir) as fetcher:
+
+        async def one(i: int) -> None:
+            url = origin.url(f"/trickle?size=4&interval=0.05&n={i}")
+            results.append(await fetcher.fetch(url, max_bytes=MiB))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(one, i)
+    assert len(results) == 3
+    assert origin.max_in_flight == limit
+
+
+async def test_waiting_for_an_origin_slot_does_not_count_against_the_deadline(
+    origin: FaultOrigin, spool_dir: Path
+) -> None:
+    # Each download takes ~0.4 s of a 0.7 s deadline; the second one first
+    # waits ~0.4 s for the single slot and must still succeed.
+    settings = make_settings(
+        fetch_per_origin_concurrency=1,
+        fetch_deadline_base=0.7,
+        fetch_deadline_min_rate=MiB,
+        fetch_max_attempts=1,
+    )
+    results: list[FetchedFile | NotModified] = []
+    async with OriginFetcher(settings, spool_dir=spool_dir) as fetcher:
+
+        async def one(i: int) -> None:
+            url = origin.url(f"/trickle?size=4&interval=0.1&n={i}")
+            results.append(await fetcher.fetch(url, max_bytes=4))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(2):
+                tg.start_soon(one, i)
+    assert [type(r) for r in results] == [FetchedFile, FetchedFile]
+    assert origin.max_in_flight == 1
+
+
+# -- TLS through the guarded transport ------------------------------------------
+
+
+def tls_contexts(tmp_path: Path, hostname: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for ``hostname`` and a client that trusts it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "cert.pem"
+    key_file = tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_tls_uses_the_host_name_while_connecting_to_the_checked_address(
+    tmp_path: Path, connect_log: list[str]
+) -> None:
+    server_ctx, client_ctx = tls_contexts(tmp_path, "files.test")
+    async with serve_fault_origin(ssl_context=server_ctx) as secure:
+        guard = AddressGuard(allowed_networks=LOOPBACK, resolver=stub_resolver({"files.test": ["127.0.0.1"]}))
+        transport = create_guarded_transport(guard, verify=client_ctx)
+        async with httpx2.AsyncClient(transport=transport) as client:
+            response = await client.get(f"https://files.test:{secure.port}/ok?size=321")
+            # The certificate names files.test only: reaching it by address fails.
+            with pytest.raises(httpx2.ConnectError):
+                await client.get(f"https://127.0.0.1:{secure.port}/ok")
+    assert response.status_code == 200
+    assert response.content == payload(321)
+    assert secure.requests[0].headers["Host"] == f"files.test:{secure.port}"
+    assert connect_log[0] == "127.0.0.1"

@@ -1,0 +1,368 @@
+"""The SSRF address guard: which addresses are blocked, and how names resolve.
+
+No I/O: addresses are only classified, never connected to, and host names go
+through stub resolvers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import httpcore2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fileimport.core.address_guard import (
+    AddressGuard,
+    BlockedAddressError,
+    GuardedNetworkBackend,
+    HostNotFoundError,
+    Resolver,
+    guard_from_settings,
+    system_resolver,
+)
+from fileimport.core.settings import Settings
+
+BLOCKED = [
+    ("127.0.0.1", "a loopback"),
+    ("127.255.255.254", "a loopback"),
+    ("10.0.0.1", "a private"),
+    ("10.255.255.255", "a private"),
+    ("172.16.0.1", "a private"),
+    ("172.31.255.254", "a private"),
+    ("192.168.1.1", "a private"),
+    ("169.254.169.254", "a link-local"),
+    ("100.64.0.1", "a shared (CGNAT)"),
+    ("100.127.255.254", "a shared (CGNAT)"),
+    ("0.0.0.0", "an unspecified"),  # noqa: S104 - classified, never bound
+    ("0.1.2.3", "an unspecified"),
+    ("224.0.0.1", "a multicast"),
+    ("239.255.255.250", "a multicast"),
+    ("255.255.255.255", "a broadcast"),
+    ("240.0.0.1", "a reserved"),
+    ("192.0.0.8", "a reserved"),
+    ("192.0.2.1", "a documentation"),
+    ("198.51.100.7", "a documentation"),
+    ("203.0.113.9", "a documentation"),
+    ("198.18.0.1", "a benchmarking"),
+    ("::1", "a loopback"),
+    ("::", "an unspecified"),
+    ("fe80::1", "a link-local"),
+    ("fe80::1%2", "a link-local"),
+    ("fc00::1", "a unique-local"),
+    ("fd12:3456:789a::1", "a unique-local"),
+    ("fec0::1", "a site-local"),
+    ("ff02::1", "a multicast"),
+    ("2001:db8::1", "a documentation"),
+    ("3fff::1", "a documentation"),
+    ("100::1", "a reserved"),
+    ("2001::1", "a reserved"),  # Teredo
+    ("::a00:1", "a reserved"),  # deprecated IPv4-compatible ::10.0.0.1
+    ("::ffff:127.0.0.1", "a loopback"),  # IPv4-mapped
+    ("::ffff:10.0.0.1", "a private"),
+    ("::ffff:169.254.169.254", "a link-local"),
+    ("64:ff9b::a00:1", "a private"),  # NAT64 of 10.0.0.1
+    ("64:ff9b::7f00:1", "a loopback"),  # NAT64 of 127.0.0.1
+    ("64:ff9b:1::1", "a private"),  # local-use NAT64
+    ("2002:a00:1::1", "a private"),  # 6to4 of 10.0.0.1
+    ("2002:a9fe:a9fe::1", "a link-local"),  # 6to4 of 169.254.169.254
+]
+
+# Only classified, never connected to.
+PUBLIC = [
+    "93.184.216.34",
+    "8.8.8.8",
+    "1.1.1.1",
+    "2606:2800:220:1:248:1893:25c8:1946",
+    "2a00:1450:4001:80b::200e",
+    "::ffff:93.184.216.34",  # IPv4-mapped public
+    "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34
+    "2002:5db8:d822::1",  # 6to4 of 93.184.216.34
+]
+
+# Independent of the module's own table: every address inside these is blocked.
+BLOCKED_NETWORKS = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "::ffff:0.0.0.0/104",
+    "::ffff:10.0.0.0/104",
+    "::ffff:127.0.0.0/104",
+    "::ffff:169.254.0.0/112",
+    "::ffff:192.168.0.0/112",
+    "64:ff9b::a00:0/104",
+    "64:ff9b:1::/48",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+]
+
+
+def stub_resolver(answers: dict[str, list[str]], calls: list[str] | None = None) -> Resolver:
+    async def resolve(host: str, port: int) -> list[str]:
+        if calls is not None:
+            calls.append(host)
+        if host not in answers:
+            raise HostNotFoundError(host)
+        return answers[host]
+
+    return resolve
+
+
+@pytest.mark.parametrize(("address", "kind"), BLOCKED)
+def test_non_global_addresses_are_blocked(address: str, kind: str) -> None:
+    with pytest.raises(BlockedAddressError) as caught:
+        AddressGuard().check_address(address)
+    assert caught.value.kind == kind
+    assert caught.value.address == str(ipaddress.ip_address(address))
+    assert "FILEIMPORT_FETCH_ALLOWED_NETWORKS" in str(caught.value)
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_global_addresses_are_allowed(address: str) -> None:
+    AddressGuard().check_address(address)
+
+
+def test_error_message_names_host_address_and_setting() -> None:
+    with pytest.raises(BlockedAddressError) as caught:
+        AddressGuard().check_address("10.0.0.1", host="example.com")
+    assert str(caught.value) == (
+        "example.com resolves to 10.0.0.1, a private address; "
+        "set FILEIMPORT_FETCH_ALLOWED_NETWORKS to allow it"
+    )
+    assert caught.value.host == "example.com"
+    assert caught.value.address == "10.0.0.1"
+
+
+def test_allowed_network_opens_loopback_only() -> None:
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network("127.0.0.0/8")])
+    guard.check_address("127.0.0.1")
+    guard.check_address("127.3.2.1")
+    guard.check_address("::ffff:127.0.0.1")  # the mapped form of an allowed address
+    for address in ("10.0.0.1", "::1", "169.254.169.254", "::ffff:10.0.0.1"):
+        with pytest.raises(BlockedAddressError):
+            guard.check_address(address)
+
+
+def test_allowed_ipv6_network() -> None:
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network("::1/128")])
+    guard.check_address("::1")
+    with pytest.raises(BlockedAddressError):
+        guard.check_address("127.0.0.1")
+
+
+def test_check_address_rejects_a_name() -> None:
+    with pytest.raises(ValueError, match="not an IP address"):
+        AddressGuard().check_address("example.com")
+
+
+async def test_ip_literals_are_checked_without_dns() -> None:
+    calls: list[str] = []
+    guard = AddressGuard(resolver=stub_resolver({}, calls))
+    with pytest.raises(BlockedAddressError):
+        await guard.resolve("169.254.169.254", 80)
+    with pytest.raises(BlockedAddressError):
+        await guard.resolve("[::1]", 80)
+    assert await guard.resolve("93.184.216.34", 443) == ["93.184.216.34"]
+    assert await guard.resolve("[2606:2800:220:1:248:1893:25c8:1946]", 443) == [
+        "2606:2800:220:1:248:1893:25c8:1946"
+    ]
+    assert calls == []
+
+
+async def test_name_resolving_to_a_private_address_is_blocked() -> None:
+    guard = AddressGuard(resolver=stub_resolver({"internal.example": ["10.0.0.1"]}))
+    with pytest.raises(BlockedAddressError) as caught:
+        await guard.resolve("internal.example", 80)
+    assert caught.value.host == "internal.example"
+    assert caught.value.address == "10.0.0.1"
+    assert str(caught.value).startswith("internal.example resolves to 10.0.0.1, a private address")
+
+
+async def test_any_blocked_answer_blocks_the_name() -> None:
+    answers = {"mixed.example": ["93.184.216.34", "127.0.0.1"]}
+    guard = AddressGuard(resolver=stub_resolver(answers))
+    with pytest.raises(BlockedAddressError) as caught:
+        await guard.resolve("mixed.example", 80)
+    assert caught.value.address == "127.0.0.1"
+
+
+async def test_public_answers_are_returned_in_order_without_duplicates() -> None:
+    answers = {"cdn.example": ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "93.184.216.34"]}
+    guard = AddressGuard(resolver=stub_resolver(answers))
+    assert await guard.resolve("CDN.example.", 443) == [
+        "93.184.216.34",
+        "2606:2800:220:1:248:1893:25c8:1946",
+    ]
+
+
+async def test_allowed_host_is_not_checked() -> None:
+    answers = {"minio.internal": ["10.1.2.3"], "other.internal": ["10.1.2.4"]}
+    guard = AddressGuard(allowed_hosts=["minio.internal"], resolver=stub_resolver(answers))
+    assert await guard.resolve("MINIO.internal", 9000) == ["10.1.2.3"]
+    with pytest.raises(BlockedAddressError):
+        await guard.resolve("other.internal", 9000)
+
+
+async def test_unknown_host_is_host_not_found() -> None:
+    guard = AddressGuard(resolver=stub_resolver({}))
+    with pytest.raises(HostNotFoundError) as caught:
+        await guard.resolve("nowhere.example", 80)
+    assert caught.value.host == "nowhere.example"
+
+
+async def test_empty_answer_is_host_not_found() -> None:
+    guard = AddressGuard(resolver=stub_resolver({"empty.example": []}))
+    with pytest.raises(HostNotFoundError):
+        await guard.resolve("empty.example", 80)
+
+
+async def test_system_resolver_maps_nxdomain(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fail(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr("anyio.getaddrinfo", fail)
+    with pytest.raises(HostNotFoundError):
+        await system_resolver("nowhere.invalid", 80)
+
+
+async def test_system_resolver_keeps_temporary_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fail(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr("anyio.getaddrinfo", fail)
+    with pytest.raises(socket.gaierror):
+        await system_resolver("flaky.example", 80)
+
+
+def test_guard_from_settings() -> None:
+    settings = Settings(
+        fetch_allowed_networks="127.0.0.0/8, ::1/128",
+        fetch_allowed_hosts="Files.Internal.",
+    )
+    guard = guard_from_settings(settings)
+    guard.check_address("127.0.0.1")
+    guard.check_address("::1")
+    with pytest.raises(BlockedAddressError):
+        guard.check_address("10.0.0.1")
+    assert guard.allowed_hosts == frozenset({"files.internal"})
+
+
+class RecordingBackend(httpcore2.AsyncNetworkBackend):
+    """Records what the guarded backend asks for; connects to nothing."""
+
+    def __init__(self, refuse: set[str] | None = None) -> None:
+        self.connected: list[tuple[str, int]] = []
+        self.tls_hostnames: list[str | None] = []
+        self._refuse = refuse or set()
+
+    async def connect_tcp(self, host: str, port: int, **kwargs: object) -> httpcore2.AsyncNetworkStream:  # type: ignore[override]
+        self.connected.append((host, port))
+        if host in self._refuse:
+            raise httpcore2.ConnectError(f"refused by {host}")
+        backend = self
+
+        class Stream(httpcore2.AsyncMockStream):
+            async def start_tls(
+                self, ssl_context: object, server_hostname: str | None = None, timeout: float | None = None
+            ) -> httpcore2.AsyncNetworkStream:
+                backend.tls_hostnames.append(server_hostname)
+                return self
+
+        return Stream([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"])
+
+
+async def test_backend_connects_to_the_checked_address_and_keeps_the_name_for_tls() -> None:
+    """httpcore2 hands the backend a host name; the socket goes to the checked IP,
+    while TLS (SNI, certificate) still uses the name."""
+    calls: list[str] = []
+    guard = AddressGuard(resolver=stub_resolver({"files.example": ["93.184.216.34"]}, calls))
+    recorder = RecordingBackend()
+    pool = httpcore2.AsyncConnectionPool(network_backend=GuardedNetworkBackend(guard, recorder))
+    async with pool:
+        response = await pool.request("GET", "https://files.example/a.jpg")
+    assert response.status == 200
+    assert recorder.connected == [("93.184.216.34", 443)]
+    assert recorder.tls_hostnames == ["files.example"]
+    assert calls == ["files.example"]
+
+
+async def test_backend_tries_the_next_checked_address() -> None:
+    answers = {"files.example": ["93.184.216.34", "93.184.216.35"]}
+    recorder = RecordingBackend(refuse={"93.184.216.34"})
+    backend = GuardedNetworkBackend(AddressGuard(resolver=stub_resolver(answers)), recorder)
+    stream = await backend.connect_tcp("files.example", 80, timeout=1.0)
+    await stream.aclose()
+    assert recorder.connected == [("93.184.216.34", 80), ("93.184.216.35", 80)]
+
+
+async def test_backend_blocks_before_connecting() -> None:
+    recorder = RecordingBackend()
+    guard = AddressGuard(resolver=stub_resolver({"metadata.example": ["169.254.169.254"]}))
+    backend = GuardedNetworkBackend(guard, recorder)
+    with pytest.raises(BlockedAddressError):
+        await backend.connect_tcp("metadata.example", 80)
+    with pytest.raises(BlockedAddressError):
+        await backend.connect_tcp("10.0.0.1", 80)
+    with pytest.raises(httpcore2.ConnectError):
+        await backend.connect_unix_socket("/var/run/docker.sock")
+    assert recorder.connected == []
+
+
+@st.composite
+def addresses_in(draw: st.DrawFn, networks: list[str]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    network = ipaddress.ip_network(draw(st.sampled_from(networks)))
+    offset = draw(st.integers(min_value=0, max_value=network.num_addresses - 1))
+    return network[offset]
+
+
+@given(addresses_in(BLOCKED_NETWORKS))
+def test_every_address_in_a_blocked_network_is_blocked(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    with pytest.raises(BlockedAddressError):
+        AddressGuard().check_address(address)
+
+
+@st.composite
+def address_pairs_in(
+    draw: st.DrawFn, networks: list[str]
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    candidates = [n for n in networks if ipaddress.ip_network(n).num_addresses > 1]
+    network = ipaddress.ip_network(draw(st.sampled_from(candidates)))
+    offset = draw(st.integers(min_value=0, max_value=network.num_addresses - 1))
+    return network[offset], network[offset ^ 1]
+
+
+@given(address_pairs_in(BLOCKED_NETWORKS))
+def test_allowing_one_address_opens_only_that_address(
+    pair: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    address, neighbour = pair
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network(address)])
+    guard.check_address(address)
+    with pytest.raises(BlockedAddressError):
+        guard.check_address(neighbour)
+
+
+@given(st.integers(min_value=0x0800_0000, max_value=0x08FF_FFFF))
+def test_public_ipv4_block_is_allowed(value: int) -> None:
+    # 8.0.0.0/8 is globally routable unicast space.
+    AddressGuard().check_address(ipaddress.IPv4Address(value))
