@@ -184,9 +184,7 @@ def _image_size(path: Path, mime_type: str) -> tuple[int, int] | None:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             # The warning arrives as an exception only where warnings are errors.
             found = _BOMB_PIXELS_RE.search(str(exc))
-            raise _bomb_error(
-                mime_type, int(found.group(1)) if found else None, limit or 0
-            ) from exc
+            raise _bomb_error(mime_type, int(found.group(1)) if found else None, limit or 0) from exc
         except UnidentifiedImageError as exc:
             if mime_type not in _pillow_mime_types():
                 return None  # a raster format Pillow does not read: size unknown

@@ -270,9 +270,7 @@ class ObjectStorage:
             raise _storage_error("look up", key, exc) from exc
         return meta["size"]
 
-    async def open_range(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    async def open_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes ``[start, end)`` of the blob, ``end`` exclusive, None for its end.
 
         Meant for HTTP Range responses (RFC 9110 §14): callers should first take
@@ -347,9 +345,7 @@ class ObjectStorage:
             with anyio.fail_after(self._check_timeout):
                 await obstore.list_with_delimiter_async(self._store, None)
         except TimeoutError as exc:
-            raise StorageError(
-                f"storage did not answer within {self._check_timeout:g} seconds"
-            ) from exc
+            raise StorageError(f"storage did not answer within {self._check_timeout:g} seconds") from exc
         except (ObstoreError, OSError) as exc:
             raise _storage_error("list", "/", exc) from exc
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fileimport.core.db import Base, UTCDateTime, utcnow
+from fileimport.core.db import Base, UTCDateTime, str_enum, utcnow
 from fileimport.imports.states import FileStatus, JobState
 
 
@@ -23,7 +23,7 @@ class ImportJob(Base):
     system_name: Mapped[str] = mapped_column(String(255))
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    state: Mapped[JobState] = mapped_column(String(16), default=JobState.STARTED)
+    state: Mapped[JobState] = mapped_column(str_enum(JobState), default=JobState.STARTED)
     total_files: Mapped[int] = mapped_column(Integer)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -49,7 +49,7 @@ class ImportFile(Base):
     file_name: Mapped[str] = mapped_column(String(255))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     media_type: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[FileStatus] = mapped_column(String(16), default=FileStatus.PENDING)
+    status: Mapped[FileStatus] = mapped_column(str_enum(FileStatus), default=FileStatus.PENDING)
     code: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     media_id: Mapped[str | None] = mapped_column(String(32))

@@ -62,9 +62,7 @@ async def read_all(storage: BlobStorage, key: str, start: int = 0, end: int | No
     return b"".join([chunk async for chunk in storage.open_range(key, start, end)])
 
 
-async def test_put_file_then_read_back_same_sha256(
-    storage: ObjectStorage, make_file: MakeFile
-) -> None:
+async def test_put_file_then_read_back_same_sha256(storage: ObjectStorage, make_file: MakeFile) -> None:
     path, data = make_file(700_000)
     key = blob_key(hashlib.sha256(data).hexdigest())
 
@@ -162,9 +160,7 @@ async def test_list_keys_by_string_prefix(storage: ObjectStorage, make_file: Mak
     assert await listed("nothing/") == set()
 
 
-async def test_large_file_streams_through_multipart(
-    storage: ObjectStorage, make_file: MakeFile
-) -> None:
+async def test_large_file_streams_through_multipart(storage: ObjectStorage, make_file: MakeFile) -> None:
     # Over obstore's 5 MiB part size: S3 and a cross-device local put use multipart.
     path, data = make_file(12 * 1024 * 1024)
 

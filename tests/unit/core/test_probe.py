@@ -46,9 +46,7 @@ def forged_png(width: int, height: int) -> bytes:
     """A valid PNG header claiming ``width`` x ``height`` 1-bit pixels, with no pixel data."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (
@@ -135,9 +133,7 @@ def test_sniff_non_images(head: bytes, expected: str) -> None:
 
 @pytest.mark.corpus
 @pytest.mark.parametrize("folder", ["images", "icons"])
-def test_probe_images_size_matches_manifest(
-    folder: str, corpus_dir: Path, corpus_manifest: Manifest
-) -> None:
+def test_probe_images_size_matches_manifest(folder: str, corpus_dir: Path, corpus_manifest: Manifest) -> None:
     for entry in corpus_entries(corpus_manifest, folder):
         probe = probe_file(corpus_dir / entry["path"], entry["mime_type"])
 

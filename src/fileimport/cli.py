@@ -1,0 +1,259 @@
+"""The ``fileimport`` command line: serve, worker, migrate, projects and tokens.
+
+Every option can also be set by the environment variable its help names;
+service settings come from ``FILEIMPORT_*`` variables (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from fileimport.auth.service import KNOWN_SCOPES, SCOPE_READ, SCOPE_WRITE, create_token
+from fileimport.core.logging import configure_logging
+from fileimport.core.settings import Settings, get_settings
+from fileimport.projects.config import ProjectConfig
+from fileimport.projects.service import ProjectExistsError, create_project, describe_project, get_project
+
+app = typer.Typer(help="Asynchronous file import service with a media library.", no_args_is_help=True)
+project_app = typer.Typer(help="Create and show projects.", no_args_is_help=True)
+token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(token_app, name="token")
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="FILEIMPORT_HOST", help="Interface to bind (FILEIMPORT_HOST).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FILEIMPORT_PORT", help="Port (FILEIMPORT_PORT).")] = 8000,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", envvar="FILEIMPORT_NO_WORKER", help="API only (FILEIMPORT_NO_WORKER)."),
+    ] = False,
+) -> None:
+    """Serve the API and, unless --no-worker, an in-process worker."""
+    import uvicorn
+
+    from fileimport.app import create_app
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    uvicorn.run(
+        create_app(settings, run_worker=not no_worker),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker only: import jobs and webhook deliveries from the shared database."""
+    from fileimport.core.runtime import open_runtime
+    from fileimport.worker import Worker
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+
+    async def main() -> None:
+        runtime = open_runtime(settings)
+        try:
+            await Worker(runtime).run()
+        finally:
+            await runtime.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema to the newest migration."""
+    from alembic import command
+    from alembic.config import Config
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", "fileimport:migrations")
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+    err.print(f"database migrated: {_redact(settings.resolved_database_url)}")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _load_config(path: Path) -> ProjectConfig:
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML too
+        return ProjectConfig.model_validate(data or {})
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]cannot read {path}:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration in {path}:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@project_app.command("create")
+def project_create(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    config: Annotated[Path | None, typer.Option(help="Media type configuration, YAML or JSON.")] = None,
+) -> None:
+    """Create a project (default media types unless --config)."""
+    settings = _settings()
+    project_config = _load_config(config) if config else None
+
+    async def main() -> dict[str, object]:
+        from fileimport.core.db import Database
+
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.transaction() as session:
+                project = await create_project(session, name, project_config)
+                return describe_project(project)
+        finally:
+            await db.dispose()
+
+    try:
+        described = asyncio.run(main())
+    except ProjectExistsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    print(json.dumps(described, indent=2))
+
+
+@project_app.command("show")
+def project_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
+    """Print the project as JSON, with its webhook signing secret as webhookSecret."""
+    settings = _settings()
+
+    async def main() -> dict[str, object] | None:
+        from fileimport.core.db import Database
+
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.transaction() as session:
+                project = await get_project(session, name)
+                return describe_project(project) if project else None
+        finally:
+            await db.dispose()
+
+    described = asyncio.run(main())
+    if described is None:
+        err.print(f"[red]no project '{name}'[/red]")
+        raise typer.Exit(1)
+    print(json.dumps(described, indent=2))
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: str) -> timedelta:
+    """``30d``, ``12h``, ``45m``, ``90s``, ``2w`` → timedelta; raises typer.BadParameter."""
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise typer.BadParameter("use a number and a unit: 90s, 45m, 12h, 30d, 2w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@token_app.command("create")
+def token_create(
+    project: Annotated[str, typer.Option(help="Project name.", envvar="FILEIMPORT_PROJECT")],
+    scope: Annotated[list[str], typer.Option(help=f"Scope, repeatable: {', '.join(KNOWN_SCOPES)}.")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime, e.g. 30d or 12h; none = no expiry.")
+    ] = None,
+    label: Annotated[str, typer.Option(help="A note on what the token is for.")] = "",
+) -> None:
+    """Create a token and print only the token on stdout."""
+    settings = _settings()
+    lifetime = parse_duration(expires_in) if expires_in else None
+
+    async def main() -> str | None:
+        from fileimport.core.db import Database
+
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.transaction() as session:
+                found = await get_project(session, project)
+                if found is None:
+                    return None
+                return await create_token(session, found, scope, expires_in=lifetime, label=label)
+        finally:
+            await db.dispose()
+
+    try:
+        token = asyncio.run(main())
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if token is None:
+        err.print(f"[red]no project '{project}'[/red]; create it with: fileimport project create {project}")
+        raise typer.Exit(1)
+    print(token)
+
+
+@app.command()
+def bootstrap(
+    project: Annotated[str, typer.Option(help="Project to create if missing.")] = "default",
+) -> None:
+    """Development setup: create the project and a dev token once, and say how to use them."""
+    settings = _settings()
+    token_file = settings.data_dir / "dev-token"
+
+    async def main() -> str | None:
+        from fileimport.core.db import Database
+
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.transaction() as session:
+                found = await get_project(session, project)
+                if found is None:
+                    found = await create_project(session, project)
+                if token_file.exists():
+                    return None
+                return await create_token(session, found, [SCOPE_WRITE, SCOPE_READ], label="dev")
+        finally:
+            await db.dispose()
+
+    token = asyncio.run(main())
+    if token is not None:
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        err.print(f"[green]created project '{project}' and a dev token[/green] (saved in {token_file})")
+    token = token or token_file.read_text().strip()
+    public = settings.public_url.rstrip("/")
+    sys.stderr.write(
+        "\n"
+        f"  Dev token:  {token}\n"
+        f"  Try it:     curl -s -H 'Authorization: Bearer {token}' '{public}/api/v1/import/files/status?id=none'\n"
+        f"  API docs:   {public}/docs\n\n"
+    )

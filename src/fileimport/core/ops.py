@@ -1,0 +1,42 @@
+"""Operational routes: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from fileimport.auth.dependencies import get_runtime
+from fileimport.core.errors import NotReady
+from fileimport.core.runtime import Runtime
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Database and storage are reachable")
+async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    try:
+        async with runtime.db.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        problems["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await runtime.storage.check()
+    except Exception as exc:
+        problems["storage"] = f"unreachable: {type(exc).__name__}"
+    if problems:
+        raise NotReady(problems)
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

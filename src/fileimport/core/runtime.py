@@ -1,0 +1,35 @@
+"""The long-lived parts a process shares: settings, database, storage, dispatcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fileimport.core.db import Database
+from fileimport.core.dispatch import InProcessDispatcher
+from fileimport.core.settings import Settings
+from fileimport.core.storage import BlobStorage, open_storage
+
+
+@dataclass
+class Runtime:
+    """Built once per process by ``open_runtime``; closed with ``close``."""
+
+    settings: Settings
+    db: Database
+    storage: BlobStorage
+    dispatcher: InProcessDispatcher
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    """Connect to the configured database and storage (lazily: nothing is dialled yet)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    return Runtime(
+        settings=settings,
+        db=Database(settings.resolved_database_url),
+        storage=open_storage(settings.resolved_storage_url, settings.storage_options),
+        dispatcher=InProcessDispatcher(),
+    )

@@ -1,0 +1,251 @@
+"""The per-file import pipeline.
+
+For each file: fetch from the origin (streamed to a spool file, SHA-256 on the
+way), sniff the MIME type from the bytes, choose or check the media type,
+enforce its size limit, read pixel size or duration, store the bytes under
+their content address, then create, update or skip the media entry and record
+the file's result in one transaction. Every failure ends as a ``failed``
+result with a stable ``code`` and a ``reason`` a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from fileimport.core.db import utcnow
+from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
+from fileimport.core.probe import ContentProbe, ProbeError, probe_file, sniff_mime_type
+from fileimport.core.runtime import Runtime
+from fileimport.core.storage import blob_key
+from fileimport.imports import repository
+from fileimport.imports.models import ImportFile
+from fileimport.imports.states import FileStatus
+from fileimport.media.models import MediaEntry
+from fileimport.media.service import (
+    EntryChange,
+    OriginValidators,
+    StoredAsset,
+    UpsertAction,
+    upsert_entry,
+)
+from fileimport.projects.config import MediaTypeConfig, ProjectConfig
+
+log = structlog.get_logger(__name__)
+
+REASON_ALREADY_EXISTS = "already exists"
+
+
+class FileRejected(Exception):
+    """The file cannot be imported; ``code`` is stable, ``reason`` is for a person."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class ResultAlreadyRecorded(Exception):
+    """Another worker gave this file its final result first (after a lease expired)."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every file of one job shares."""
+
+    job_id: str
+    project_id: int
+    system_name: str
+    config: ProjectConfig
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+class FileImporter:
+    """Imports single files of a job; safe to call concurrently."""
+
+    def __init__(self, runtime: Runtime, fetcher: OriginFetcher) -> None:
+        self.runtime = runtime
+        self.fetcher = fetcher
+
+    async def import_file(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> FileStatus:
+        """Import ``file`` and record its final result; returns that result.
+
+        ``existing`` is the entry with the file's key when the job started (for
+        a conditional request); the upsert re-reads it under lock.
+        """
+        bound = log.bind(job_id=ctx.job_id, external_id=file.external_id)
+        attempts = 0
+        try:
+            status, media_id, attempts = await self._import(ctx, file, existing)
+        except (FetchError, ProbeError, FileRejected) as exc:
+            attempts = getattr(exc, "attempts", attempts) or attempts
+            bound.info("import.file.failed", code=exc.code, reason=exc.reason)
+            return await self._record_failure(ctx, file, exc.code, exc.reason, attempts)
+        except ResultAlreadyRecorded:
+            bound.info("import.file.already_recorded")
+            return FileStatus(file.status)
+        except Exception as exc:
+            bound.exception("import.file.crashed")
+            reason = f"Unexpected error while importing ({type(exc).__name__}); see the service log."
+            return await self._record_failure(ctx, file, "internal_error", reason, attempts)
+        bound.info("import.file.imported", status=status, media_id=media_id)
+        return status
+
+    async def _import(
+        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
+    ) -> tuple[FileStatus, str, int]:
+        declared = self._declared_media_type(ctx, file)
+        max_bytes = (
+            int(declared.max_file_size)
+            if declared
+            else max(int(m.max_file_size) for m in ctx.config.media_types)
+        )
+        conditional = existing is not None and existing.source_url == file.url
+        result = await self.fetcher.fetch(
+            file.url,
+            max_bytes=max_bytes,
+            etag=existing.origin_etag if conditional and existing else None,
+            last_modified=existing.origin_last_modified if conditional and existing else None,
+        )
+        if isinstance(result, NotModified):
+            assert existing is not None  # noqa: S101 - only conditional requests get a 304
+            media_type = declared or ctx.config.media_type(existing.media_type)
+            if media_type is None:
+                raise FileRejected(
+                    "unsupported_type", f"Media type '{existing.media_type}' is no longer configured."
+                )
+            self._check_metadata(media_type, file)
+            return await self._save(
+                ctx,
+                file,
+                media_type,
+                None,
+                OriginValidators(file.url, result.etag, result.last_modified),
+                result.attempts,
+            )
+        try:
+            media_type, probe = await self._inspect(ctx, file, declared, result)
+            asset = await self._store(result, probe)
+        finally:
+            result.path.unlink(missing_ok=True)
+        origin = OriginValidators(file.url, result.etag, result.last_modified)
+        return await self._save(ctx, file, media_type, asset, origin, result.attempts)
+
+    def _declared_media_type(self, ctx: JobContext, file: ImportFile) -> MediaTypeConfig | None:
+        if file.media_type is None:
+            return None
+        media_type = ctx.config.media_type(file.media_type)
+        if media_type is None:
+            raise FileRejected("unknown_media_type", f"Media type '{file.media_type}' is not configured.")
+        return media_type
+
+    async def _inspect(
+        self, ctx: JobContext, file: ImportFile, declared: MediaTypeConfig | None, fetched: FetchedFile
+    ) -> tuple[MediaTypeConfig, ContentProbe]:
+        mime_type = sniff_mime_type(fetched.head)
+        if declared is not None:
+            media_type = declared
+            if not media_type.accepts_mime_type(mime_type):
+                accepted = ", ".join(media_type.allowed_mime_types) or f"{media_type.type} files"
+                raise FileRejected(
+                    "type_mismatch",
+                    f"The file's content is {mime_type}, but media type '{media_type.handle}' "
+                    f"accepts {accepted} (the origin said {fetched.content_type or 'nothing'}).",
+                )
+        else:
+            chosen = ctx.config.media_type_for(mime_type)
+            if chosen is None:
+                raise FileRejected(
+                    "unsupported_type", f"No configured media type accepts {mime_type} content."
+                )
+            media_type = chosen
+        if fetched.size > media_type.max_file_size:
+            raise FileRejected(
+                "too_large",
+                f"The file is {_size(fetched.size)}, over the {_size(int(media_type.max_file_size))} "
+                f"limit of media type '{media_type.handle}'.",
+            )
+        self._check_metadata(media_type, file)
+        probe = await anyio.to_thread.run_sync(probe_file, fetched.path, mime_type)
+        return media_type, probe
+
+    @staticmethod
+    def _check_metadata(media_type: MediaTypeConfig, file: ImportFile) -> None:
+        problems = media_type.metadata_problems(file.metadata_)
+        if problems:
+            listed = "; ".join(f"{key} {problem}" for key, problem in sorted(problems.items()))
+            raise FileRejected(
+                "invalid_metadata", f"Metadata does not fit media type '{media_type.handle}': {listed}."
+            )
+
+    async def _store(self, fetched: FetchedFile, probe: ContentProbe) -> StoredAsset:
+        key = blob_key(fetched.sha256)
+        storage = self.runtime.storage
+        if not await storage.exists(key):
+            await storage.put_file(key, fetched.path)
+        return StoredAsset(
+            key=key,
+            sha256=fetched.sha256,
+            size=fetched.size,
+            mime_type=probe.mime_type,
+            width=probe.width,
+            height=probe.height,
+            duration=probe.duration,
+        )
+
+    async def _save(
+        self,
+        ctx: JobContext,
+        file: ImportFile,
+        media_type: MediaTypeConfig,
+        asset: StoredAsset | None,
+        origin: OriginValidators,
+        attempts: int,
+    ) -> tuple[FileStatus, str, int]:
+        change = EntryChange(
+            system_name=ctx.system_name,
+            external_id=file.external_id,
+            file_name=file.file_name,
+            metadata=file.metadata_,
+            media_type=media_type.handle,
+        )
+        async with self.runtime.db.transaction() as session:
+            outcome = await upsert_entry(session, ctx.project_id, change, asset, origin)
+            unchanged = outcome.action is UpsertAction.UNCHANGED
+            status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
+            recorded = await repository.record_file_result(
+                session,
+                file.id,
+                status,
+                attempts=attempts,
+                finished_at=utcnow(),
+                media_id=outcome.media_id,
+                reason=REASON_ALREADY_EXISTS if unchanged else None,
+            )
+            if not recorded:
+                raise ResultAlreadyRecorded(file.id)
+        return status, outcome.media_id, attempts
+
+    async def _record_failure(
+        self, ctx: JobContext, file: ImportFile, code: str, reason: str, attempts: int
+    ) -> FileStatus:
+        async with self.runtime.db.transaction() as session:
+            await repository.record_file_result(
+                session,
+                file.id,
+                FileStatus.FAILED,
+                attempts=attempts,
+                finished_at=utcnow(),
+                code=code,
+                reason=reason,
+            )
+        return FileStatus.FAILED

@@ -1,0 +1,113 @@
+"""Request and response models of the import API (reference: Import Files)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from fileimport.core.urls import check_http_url
+from fileimport.imports.states import FileStatus, JobState
+
+MAX_CONTEXT_BYTES = 8192
+
+
+def _http_url(value: str) -> str:
+    problem = check_http_url(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class ImportFileSpec(BaseModel):
+    """One file of a batch, as the reference names its keys."""
+
+    model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=False)
+
+    url: HttpUrl = Field(description="Absolute http(s) URL, at most 2048 characters.")
+    id: str = Field(min_length=1, max_length=255, description="Stored as externalId.")
+    file_name: str = Field(alias="fileName", min_length=1, max_length=255)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    media_type: str | None = Field(default=None, alias="mediaType", min_length=1, max_length=100)
+
+
+class ImportRequest(BaseModel):
+    """Body of ``POST /api/v1/import/files``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    system_name: str = Field(alias="systemName", min_length=1, max_length=255)
+    webhook: HttpUrl | None = None
+    context: dict[str, Any] | None = Field(
+        default=None, description="Passed to the webhook; compact JSON at most 8192 bytes."
+    )
+    files: list[ImportFileSpec] = Field(min_length=1)
+
+    @field_validator("context")
+    @classmethod
+    def _context_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > MAX_CONTEXT_BYTES:
+                raise ValueError(f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON, is {size}")
+        return value
+
+
+class JobCreated(BaseModel):
+    id: str
+
+
+class Progress(BaseModel):
+    """Files counted by result so far."""
+
+    total: int
+    pending: int
+    success: int
+    skipped: int
+    failed: int
+
+
+class FileResult(BaseModel):
+    """One file's result; ``status`` and ``state`` carry the same value."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    status: FileStatus
+    state: FileStatus
+    system_name: str = Field(serialization_alias="systemName")
+    external_id: str = Field(serialization_alias="externalId")
+    media_id: str | None = Field(default=None, serialization_alias="mediaId")
+    reason: str | None = None
+    code: str | None = None
+
+
+class WebhookStatus(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    state: str
+    attempts: int
+    last_error: str | None = Field(default=None, serialization_alias="lastError")
+    last_status: int | None = Field(default=None, serialization_alias="lastStatus")
+    next_attempt_at: datetime | None = Field(default=None, serialization_alias="nextAttemptAt")
+
+
+class JobStatus(BaseModel):
+    """``GET /api/v1/import/files/status``: ``files`` only once ``finished``."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    finished: bool
+    state: JobState
+    id: str
+    system_name: str = Field(serialization_alias="systemName")
+    started_at: datetime = Field(serialization_alias="startedAt")
+    finished_at: datetime | None = Field(default=None, serialization_alias="finishedAt")
+    reason: str | None = None
+    progress: Progress
+    files: list[FileResult] | None = None
+    webhook: WebhookStatus | None = None

@@ -1,0 +1,219 @@
+"""The import API's logic: validate a batch, store a job, report its status.
+
+Validation is all-or-nothing (SPEC.md): every problem in the request is named
+by its path and nothing is stored when there is any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fileimport.auth.service import Principal
+from fileimport.core.db import new_id, utcnow
+from fileimport.core.errors import NotFound, Unprocessable, ValidationFailed, validation_details
+from fileimport.imports import repository
+from fileimport.imports.models import IdempotencyKey, ImportJob
+from fileimport.imports.schemas import FileResult, ImportRequest, JobStatus, Progress, WebhookStatus
+from fileimport.imports.states import FileStatus, JobState
+from fileimport.projects.config import ProjectConfig
+from fileimport.webhooks import repository as webhook_repository
+
+
+def validate_import_request(data: Any, config: ProjectConfig, max_batch_files: int) -> ImportRequest:
+    """Parse a decoded JSON body into an ImportRequest.
+
+    Raises ValidationFailed whose details name every problem by path
+    (``files.3.url``, ``files.7.metadata.title``): schema errors, more than
+    ``max_batch_files`` files, duplicate ids, unknown media types and
+    metadata that the media type does not accept.
+    """
+    details: dict[str, str] = {}
+    request: ImportRequest | None = None
+    try:
+        request = ImportRequest.model_validate(data)
+    except ValidationError as exc:
+        details.update(validation_details(list(exc.errors())))
+
+    raw_files = data.get("files") if isinstance(data, dict) else None
+    if isinstance(raw_files, list):
+        if len(raw_files) > max_batch_files:
+            details["files"] = f"must have at most {max_batch_files} items, has {len(raw_files)}"
+        details.update(_batch_problems(raw_files, config))
+    if details:
+        raise ValidationFailed(dict(sorted(details.items(), key=lambda kv: _path_key(kv[0]))))
+    assert request is not None  # noqa: S101 - no details means the model validated
+    return request
+
+
+def _path_key(path: str) -> tuple[Any, ...]:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
+
+
+def _batch_problems(raw_files: list[Any], config: ProjectConfig) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    first_position: dict[str, int] = {}
+    known_fields = config.known_metadata_fields()
+    for index, raw in enumerate(raw_files):
+        if not isinstance(raw, dict):
+            continue
+        external_id = raw.get("id")
+        if isinstance(external_id, str):
+            first = first_position.setdefault(external_id, index)
+            if first != index:
+                problems[f"files.{index}.id"] = f"'{external_id}' is already the id of files.{first}"
+        metadata = raw.get("metadata")
+        handle = raw.get("mediaType")
+        if handle is not None and isinstance(handle, str):
+            media_type = config.media_type(handle)
+            if media_type is None:
+                handles = ", ".join(m.handle for m in config.media_types)
+                problems[f"files.{index}.mediaType"] = f"unknown media type '{handle}'; known: {handles}"
+            elif isinstance(metadata, dict):
+                for key, problem in media_type.metadata_problems(metadata).items():
+                    problems[f"files.{index}.metadata.{key}"] = problem
+        elif isinstance(metadata, dict):
+            # The media type is chosen from the bytes later; check what every type would.
+            for key, value in metadata.items():
+                field = known_fields.get(key)
+                if field is None:
+                    problems[f"files.{index}.metadata.{key}"] = "is not a metadata field of any media type"
+                elif value is not None and (problem := field.check(value)):
+                    problems[f"files.{index}.metadata.{key}"] = problem
+    return problems
+
+
+def request_fingerprint(body: bytes) -> str:
+    """Hex SHA-256 of a request body, to tell a retried POST from a different one."""
+    return hashlib.sha256(body).hexdigest()
+
+
+async def find_idempotent_job(
+    session: AsyncSession, principal: Principal, key: str, fingerprint: str, ttl: timedelta
+) -> str | None:
+    """The job created earlier with ``key`` and the same body, or None.
+
+    Raises Unprocessable when the key was used with a different body
+    (IETF draft "The Idempotency-Key HTTP Header Field", §2.7). Expired keys
+    are deleted.
+    """
+    stored = await repository.get_idempotency_key(session, principal.project_id, key)
+    if stored is None:
+        return None
+    if stored.created_at + ttl < utcnow():
+        await repository.delete_idempotency_key(session, stored.id)
+        await session.flush()
+        return None
+    if stored.request_sha256 != fingerprint:
+        raise Unprocessable({"Idempotency-Key": "was already used with a different request body"})
+    return stored.job_id
+
+
+async def create_job(
+    session: AsyncSession,
+    principal: Principal,
+    request: ImportRequest,
+    *,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+) -> str:
+    """Store the job and its files (flush only); returns the job id."""
+    job = ImportJob(
+        id=new_id("j", 9),
+        project_id=principal.project_id,
+        system_name=request.system_name,
+        webhook_url=request.webhook,
+        context=request.context,
+        state=JobState.STARTED,
+        total_files=len(request.files),
+        started_at=utcnow(),
+    )
+    session.add(job)
+    await session.flush()
+    await repository.insert_files(
+        session,
+        [
+            {
+                "job_id": job.id,
+                "position": position,
+                "external_id": spec.id,
+                "url": spec.url,
+                "file_name": spec.file_name,
+                "metadata_": spec.metadata,
+                "media_type": spec.media_type,
+                "status": FileStatus.PENDING,
+                "attempts": 0,
+            }
+            for position, spec in enumerate(request.files)
+        ],
+    )
+    if idempotency_key:
+        session.add(
+            IdempotencyKey(
+                project_id=principal.project_id,
+                key=idempotency_key,
+                request_sha256=fingerprint,
+                job_id=job.id,
+            )
+        )
+        await session.flush()
+    return job.id
+
+
+async def get_job_status(session: AsyncSession, principal: Principal, job_id: str) -> JobStatus:
+    """The status document of a job of the caller's project; raises NotFound."""
+    job = await repository.get_job(session, job_id, principal.project_id)
+    if job is None:
+        raise NotFound({"id": f"no import job '{job_id}'"})
+    counts = await repository.count_files_by_status(session, job.id)
+    finished = job.state is not JobState.STARTED
+    files = None
+    if finished:
+        files = [
+            FileResult(
+                status=f.status,
+                state=f.status,
+                system_name=job.system_name,
+                external_id=f.external_id,
+                media_id=f.media_id,
+                reason=f.reason,
+                code=f.code,
+            )
+            for f in await repository.list_files(session, job.id)
+        ]
+    webhook = None
+    if job.webhook_url:
+        delivery = await webhook_repository.get_delivery_for_job(session, job.id)
+        webhook = (
+            WebhookStatus(
+                state=delivery.state,
+                attempts=delivery.attempts,
+                last_error=delivery.last_error,
+                last_status=delivery.last_status,
+                next_attempt_at=delivery.next_attempt_at,
+            )
+            if delivery
+            else WebhookStatus(state="waiting", attempts=0)
+        )
+    return JobStatus(
+        finished=finished,
+        state=JobState(job.state),
+        id=job.id,
+        system_name=job.system_name,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        reason=job.failure_reason,
+        progress=Progress(
+            total=job.total_files,
+            pending=counts.get(FileStatus.PENDING, 0),
+            success=counts.get(FileStatus.SUCCESS, 0),
+            skipped=counts.get(FileStatus.SKIPPED, 0),
+            failed=counts.get(FileStatus.FAILED, 0),
+        ),
+        files=files,
+        webhook=webhook,
+    )

@@ -1,0 +1,70 @@
+"""All SQL for media library entries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fileimport.media.models import MediaEntry
+
+
+async def get_entry(session: AsyncSession, project_id: int, media_id: str) -> MediaEntry | None:
+    return (
+        await session.execute(
+            select(MediaEntry).where(MediaEntry.project_id == project_id, MediaEntry.id == media_id)
+        )
+    ).scalar_one_or_none()
+
+
+async def get_entry_by_id(session: AsyncSession, media_id: str) -> MediaEntry | None:
+    """The entry with ``media_id`` in any project (asset URLs are capability URLs)."""
+    return await session.get(MediaEntry, media_id)
+
+
+async def get_entry_by_key(
+    session: AsyncSession, project_id: int, system_name: str, external_id: str, *, for_update: bool = False
+) -> MediaEntry | None:
+    query = select(MediaEntry).where(
+        MediaEntry.project_id == project_id,
+        MediaEntry.system_name == system_name,
+        MediaEntry.external_id == external_id,
+    )
+    if for_update:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def list_entries_by_ids(session: AsyncSession, project_id: int, ids: Sequence[str]) -> list[MediaEntry]:
+    rows = await session.execute(
+        select(MediaEntry).where(MediaEntry.project_id == project_id, MediaEntry.id.in_(ids))
+    )
+    by_id = {entry.id: entry for entry in rows.scalars()}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+async def list_entries_by_keys(
+    session: AsyncSession, project_id: int, system_name: str, external_ids: Sequence[str]
+) -> dict[str, MediaEntry]:
+    """Entries of one system by external id, for the ids given (one query)."""
+    if not external_ids:
+        return {}
+    rows = await session.execute(
+        select(MediaEntry).where(
+            MediaEntry.project_id == project_id,
+            MediaEntry.system_name == system_name,
+            MediaEntry.external_id.in_(external_ids),
+        )
+    )
+    return {entry.external_id: entry for entry in rows.scalars()}
+
+
+async def count_references(session: AsyncSession, asset_keys: Sequence[str]) -> dict[str, int]:
+    """How many entries reference each asset key."""
+    rows = await session.execute(
+        select(MediaEntry.asset_key, func.count())
+        .where(MediaEntry.asset_key.in_(asset_keys))
+        .group_by(MediaEntry.asset_key)
+    )
+    return {key: count for key, count in rows}

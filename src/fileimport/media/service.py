@@ -1,0 +1,207 @@
+"""Create, update or skip a media library entry (SPEC.md "Create, update or skip").
+
+The key is (project, ``systemName``, ``externalId``). No entry: create. An
+entry whose SHA-256, file name, metadata and media type all equal the import's:
+unchanged (the import reports ``skipped``, reason ``already exists``). Anything
+changed: update in place, same id, ``version`` + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fileimport.core.db import new_id, utcnow
+from fileimport.media import repository
+from fileimport.media.models import MediaEntry
+from fileimport.media.schemas import AssetOut, MediaEntryOut
+
+
+@dataclass(frozen=True)
+class StoredAsset:
+    """A file as stored: content address, MIME type, size in bytes, pixels, seconds."""
+
+    key: str
+    sha256: str
+    size: int
+    mime_type: str
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class OriginValidators:
+    """What the origin said about the bytes, for conditional re-imports (RFC 9110 §13)."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class EntryChange:
+    """The fields an import sets on an entry."""
+
+    system_name: str
+    external_id: str
+    file_name: str
+    metadata: dict[str, Any]
+    media_type: str
+
+
+class UpsertAction(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    media_id: str
+    version: int
+    action: UpsertAction
+
+
+def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | None) -> bool:
+    return (
+        (asset is not None and asset.sha256 != entry.sha256)
+        or entry.file_name != change.file_name
+        or entry.metadata_ != change.metadata
+        or entry.media_type != change.media_type
+    )
+
+
+def _apply(
+    entry: MediaEntry, change: EntryChange, asset: StoredAsset | None, origin: OriginValidators
+) -> None:
+    entry.file_name = change.file_name
+    entry.metadata_ = change.metadata
+    entry.media_type = change.media_type
+    if asset is not None:
+        entry.asset_key = asset.key
+        entry.sha256 = asset.sha256
+        entry.size = asset.size
+        entry.mime_type = asset.mime_type
+        entry.width = asset.width
+        entry.height = asset.height
+        entry.duration = asset.duration
+    entry.source_url = origin.url
+    entry.origin_etag = origin.etag
+    entry.origin_last_modified = origin.last_modified
+
+
+async def upsert_entry(
+    session: AsyncSession,
+    project_id: int,
+    change: EntryChange,
+    asset: StoredAsset | None,
+    origin: OriginValidators,
+) -> UpsertOutcome:
+    """Create, update or leave the entry for ``change``'s key; flushes, never commits.
+
+    ``asset`` None means the origin answered 304 Not Modified: the bytes are
+    the entry's current ones (raises LookupError if there is no entry).
+    Two transactions racing on one key: the loser's insert hits the unique
+    constraint inside a savepoint and it continues as an update.
+    """
+    entry = await repository.get_entry_by_key(
+        session, project_id, change.system_name, change.external_id, for_update=True
+    )
+    if entry is None:
+        if asset is None:
+            raise LookupError("304 Not Modified for an entry that does not exist")
+        entry = MediaEntry(
+            id=new_id("m_"),
+            project_id=project_id,
+            system_name=change.system_name,
+            external_id=change.external_id,
+            version=1,
+        )
+        _apply(entry, change, asset, origin)
+        try:
+            async with session.begin_nested():
+                session.add(entry)
+        except IntegrityError:
+            entry = await repository.get_entry_by_key(
+                session, project_id, change.system_name, change.external_id, for_update=True
+            )
+            if entry is None:  # pragma: no cover - the constraint said it exists
+                raise
+        else:
+            return UpsertOutcome(entry.id, entry.version, UpsertAction.CREATED)
+
+    if not _differs(entry, change, asset):
+        if (origin.etag, origin.last_modified) != (entry.origin_etag, entry.origin_last_modified):
+            entry.origin_etag, entry.origin_last_modified = origin.etag, origin.last_modified
+            await session.flush()
+        return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)
+    _apply(entry, change, asset, origin)
+    entry.version += 1
+    entry.updated_at = utcnow()
+    await session.flush()
+    return UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED)
+
+
+def asset_url(public_url: str, entry: MediaEntry) -> str:
+    """Absolute URL of the entry's bytes: ``{public_url}/assets/{mediaId}/{download name}``."""
+    from urllib.parse import quote
+
+    return f"{public_url.rstrip('/')}/assets/{entry.id}/{quote(download_filename(entry))}"
+
+
+_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/svg+xml": ".svg",
+    "image/avif": ".avif",
+    "image/tiff": ".tif",
+    "application/pdf": ".pdf",
+    "audio/ogg": ".ogg",
+    "audio/mpeg": ".mp3",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "text/plain": ".txt",
+}
+
+
+def download_filename(entry: MediaEntry) -> str:
+    """``fileName`` plus the extension of the stored MIME type, unless it has it already."""
+    import mimetypes
+
+    extension = _EXTENSIONS.get(entry.mime_type) or mimetypes.guess_extension(entry.mime_type) or ""
+    name = entry.file_name.replace("/", "_").replace("\\", "_")
+    if extension and not name.lower().endswith(extension):
+        name += extension
+    return name
+
+
+def to_schema(entry: MediaEntry, public_url: str) -> MediaEntryOut:
+    """The entry as the media library API returns it."""
+    return MediaEntryOut(
+        id=entry.id,
+        version=entry.version,
+        media_type=entry.media_type,
+        system_name=entry.system_name,
+        external_id=entry.external_id,
+        asset=AssetOut(
+            key=entry.asset_key,
+            url=asset_url(public_url, entry),
+            mime_type=entry.mime_type,
+            size=entry.size,
+            filename=download_filename(entry),
+            sha256=entry.sha256,
+            width=entry.width,
+            height=entry.height,
+            duration=entry.duration,
+        ),
+        metadata=entry.metadata_,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+    )

@@ -1,0 +1,188 @@
+"""A project's media type configuration and metadata validation.
+
+The file format (YAML or JSON) is SPEC.md "Project configuration"; sizes are
+bytes or strings with a unit (``15MB`` = 15 * 10**6 bytes, ``2GiB`` = 2 * 2**30
+bytes, as pydantic's ``ByteSize`` reads them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+class MediaKind(StrEnum):
+    IMAGE = "mediaImage"
+    VIDEO = "mediaVideo"
+    FILE = "mediaFile"
+
+
+class MetadataFieldType(StrEnum):
+    TEXT = "text"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    LIST = "list"
+
+
+class MetadataField(BaseModel):
+    """One metadata field a media type accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    handle: str = Field(min_length=1, max_length=100)
+    type: MetadataFieldType = MetadataFieldType.TEXT
+    required: bool = False
+    max_length: int | None = Field(default=None, alias="maxLength", ge=1)
+
+    def check(self, value: Any) -> str | None:
+        """The problem with ``value`` for this field, or None when it is valid."""
+        match self.type:
+            case MetadataFieldType.TEXT:
+                if not isinstance(value, str):
+                    return "must be a string"
+                if self.max_length is not None and len(value) > self.max_length:
+                    return f"must be at most {self.max_length} characters"
+            case MetadataFieldType.NUMBER:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    return "must be a number"
+            case MetadataFieldType.BOOLEAN:
+                if not isinstance(value, bool):
+                    return "must be true or false"
+            case MetadataFieldType.DATE:
+                if not isinstance(value, str) or not _is_iso_date(value):
+                    return "must be an ISO 8601 date or date-time string"
+            case MetadataFieldType.LIST:
+                if not isinstance(value, list):
+                    return "must be a list"
+                if self.max_length is not None and len(value) > self.max_length:
+                    return f"must have at most {self.max_length} items"
+        return None
+
+
+def _is_iso_date(value: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+DEFAULT_METADATA = (
+    MetadataField(handle="title"),
+    MetadataField(handle="caption"),
+    MetadataField(handle="source"),
+    MetadataField(handle="description"),
+)
+
+
+class MediaTypeConfig(BaseModel):
+    """A media type: its handle, kind, accepted MIME types, size limit and metadata fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    handle: str = Field(min_length=1, max_length=100)
+    type: MediaKind
+    max_file_size: ByteSize = Field(alias="maxFileSize")
+    allowed_mime_types: tuple[str, ...] = Field(default=(), alias="allowedMimeTypes")
+    metadata: tuple[MetadataField, ...] = DEFAULT_METADATA
+
+    def accepts_mime_type(self, mime_type: str) -> bool:
+        """Whether a file of ``mime_type`` may be stored as this media type.
+
+        Without ``allowedMimeTypes``, an image type takes ``image/*``, a video
+        type ``video/*`` and a file type anything. Entries may end in ``/*``.
+        """
+        patterns = self.allowed_mime_types or _DEFAULT_PATTERNS[self.type]
+        return any(_mime_matches(pattern, mime_type) for pattern in patterns)
+
+    def metadata_problems(self, metadata: dict[str, Any]) -> dict[str, str]:
+        """Problems keyed by field handle; empty when ``metadata`` is valid."""
+        fields = {f.handle: f for f in self.metadata}
+        problems: dict[str, str] = {}
+        for key, value in metadata.items():
+            field = fields.get(key)
+            if field is None:
+                problems[key] = f"is not a metadata field of media type '{self.handle}'"
+            elif value is not None and (problem := field.check(value)):
+                problems[key] = problem
+        for field in self.metadata:
+            if field.required and metadata.get(field.handle) is None:
+                problems[field.handle] = f"is required by media type '{self.handle}'"
+        return problems
+
+
+_DEFAULT_PATTERNS: dict[MediaKind, tuple[str, ...]] = {
+    MediaKind.IMAGE: ("image/*",),
+    MediaKind.VIDEO: ("video/*",),
+    MediaKind.FILE: ("*/*",),
+}
+
+
+def _mime_matches(pattern: str, mime_type: str) -> bool:
+    pattern = pattern.lower()
+    if pattern in ("*", "*/*"):
+        return True
+    if pattern.endswith("/*"):
+        return mime_type.lower().startswith(pattern[:-1])
+    return pattern == mime_type.lower()
+
+
+DEFAULT_MEDIA_TYPES = (
+    MediaTypeConfig(handle="image", type=MediaKind.IMAGE, max_file_size=ByteSize(100 * MIB)),
+    MediaTypeConfig(handle="video", type=MediaKind.VIDEO, max_file_size=ByteSize(10 * GIB)),
+    MediaTypeConfig(handle="file", type=MediaKind.FILE, max_file_size=ByteSize(2 * GIB)),
+)
+
+
+class ProjectConfig(BaseModel):
+    """The whole configuration of a project (``mediaTypes``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    media_types: tuple[MediaTypeConfig, ...] = Field(
+        default=DEFAULT_MEDIA_TYPES, alias="mediaTypes", min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _unique_handles(self) -> ProjectConfig:
+        handles = [m.handle for m in self.media_types]
+        if len(handles) != len(set(handles)):
+            raise ValueError("media type handles must be unique")
+        return self
+
+    def media_type(self, handle: str) -> MediaTypeConfig | None:
+        """The media type with ``handle``, or None."""
+        return next((m for m in self.media_types if m.handle == handle), None)
+
+    def media_type_for(self, mime_type: str) -> MediaTypeConfig | None:
+        """The media type chosen for a file when the batch names none.
+
+        image/* goes to the first image type that accepts it, video/* to the
+        first video type, anything else (and what those refuse) to the first
+        file type that accepts it; None when no type accepts it.
+        """
+        major = mime_type.split("/", 1)[0]
+        preferred = {"image": MediaKind.IMAGE, "video": MediaKind.VIDEO}.get(major)
+        order = [m for m in self.media_types if m.type == preferred] + [
+            m for m in self.media_types if m.type == MediaKind.FILE
+        ]
+        return next((m for m in order if m.accepts_mime_type(mime_type)), None)
+
+    def known_metadata_fields(self) -> dict[str, MetadataField]:
+        """Every field any media type declares (first declaration wins), by handle."""
+        fields: dict[str, MetadataField] = {}
+        for media_type in self.media_types:
+            for field in media_type.metadata:
+                fields.setdefault(field.handle, field)
+        return fields
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as stored in the database (aliases, plain types)."""
+        return self.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,158 @@
+"""Webhook messages: built when a job finishes, signed, delivered at least once.
+
+Signing follows Standard Webhooks (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``) with
+the project's ``whsec_`` secret, and adds ``x-livingdocs-signature:
+sha256=<hex HMAC-SHA256 of the body>`` keyed with the same secret's bytes for
+clients written against the reference. Retries follow the configured schedule
+(Standard Webhooks' default): network errors, timeouts, 408, 429 and 5xx are
+retried; any other answer outside 2xx ends the delivery as failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx2
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+from standardwebhooks import Webhook
+
+from fileimport.core.address_guard import BlockedAddressError
+from fileimport.core.db import new_id, utcnow
+from fileimport.imports.models import ImportFile, ImportJob
+from fileimport.imports.states import FileStatus
+from fileimport.webhooks.models import DeliveryState, WebhookDelivery
+
+log = structlog.get_logger(__name__)
+
+EVENT_FINISHED = "import.files.finished"
+MAX_ERROR_CHARS = 500
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def build_payload(job: ImportJob, files: list[ImportFile]) -> dict[str, Any]:
+    """The ``import.files.finished`` body (SPEC.md "Webhook")."""
+    counts = {status: 0 for status in (FileStatus.SUCCESS, FileStatus.SKIPPED, FileStatus.FAILED)}
+    failed = []
+    for f in files:
+        counts[FileStatus(f.status)] = counts.get(FileStatus(f.status), 0) + 1
+        if f.status == FileStatus.FAILED:
+            failed.append({"externalId": f.external_id, "code": f.code, "reason": f.reason})
+    return {
+        "id": job.id,
+        "event": EVENT_FINISHED,
+        "state": job.state,
+        "finished": True,
+        "systemName": job.system_name,
+        "startedAt": _iso(job.started_at),
+        "finishedAt": _iso(job.finished_at),
+        "overview": {
+            "total": len(files),
+            "success": counts[FileStatus.SUCCESS],
+            "skipped": counts[FileStatus.SKIPPED],
+            "failed": counts[FileStatus.FAILED],
+            "details": {"failed": failed},
+        },
+        "context": job.context,
+    }
+
+
+def schedule_delivery(
+    session: AsyncSession, job: ImportJob, files: list[ImportFile]
+) -> WebhookDelivery | None:
+    """Add the job's webhook delivery, due now, to the session (None without a webhook URL)."""
+    if not job.webhook_url:
+        return None
+    delivery = WebhookDelivery(
+        id=new_id("msg_", 16),
+        job_id=job.id,
+        project_id=job.project_id,
+        url=job.webhook_url,
+        payload=json.dumps(build_payload(job, files), separators=(",", ":"), ensure_ascii=False),
+        state=DeliveryState.PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(delivery)
+    return delivery
+
+
+def sign(secret: str, message_id: str, timestamp: datetime, body: str) -> dict[str, str]:
+    """Signature headers for ``body`` (Standard Webhooks v1 and the reference's header)."""
+    signature = Webhook(secret).sign(message_id, timestamp, body)
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    legacy = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(timestamp.timestamp())),
+        "webhook-signature": signature,
+        "x-livingdocs-signature": f"sha256={legacy}",
+    }
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """The outcome of one POST: ``status`` None for a network error."""
+
+    delivered: bool
+    retryable: bool
+    status: int | None
+    error: str | None
+
+
+async def attempt_delivery(
+    client: httpx2.AsyncClient, delivery: WebhookDelivery, secret: str
+) -> AttemptResult:
+    """POST the delivery once; never raises for the receiver's faults."""
+    headers = sign(secret, delivery.id, utcnow(), delivery.payload)
+    headers["content-type"] = "application/json"
+    try:
+        response = await client.post(delivery.url, content=delivery.payload.encode(), headers=headers)
+    except BlockedAddressError as exc:
+        return AttemptResult(False, False, None, str(exc))
+    except httpx2.TimeoutException:
+        return AttemptResult(False, True, None, "timed out")
+    except httpx2.HTTPError as exc:
+        return AttemptResult(False, True, None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+    if 200 <= response.status_code < 300:
+        return AttemptResult(True, False, response.status_code, None)
+    retryable = response.status_code in (408, 429) or response.status_code >= 500
+    error = f"receiver answered {response.status_code}"
+    return AttemptResult(False, retryable, response.status_code, error)
+
+
+def record_attempt(
+    delivery: WebhookDelivery, result: AttemptResult, schedule: list[float], now: datetime
+) -> None:
+    """Apply one attempt's result: delivered, retry at the next step of ``schedule`` (seconds), or failed."""
+    delivery.attempts += 1
+    delivery.last_status = result.status
+    delivery.last_error = result.error
+    if result.delivered:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+    elif result.retryable and delivery.attempts <= len(schedule):
+        delivery.next_attempt_at = now + timedelta(seconds=schedule[delivery.attempts - 1])
+    else:
+        delivery.state = DeliveryState.FAILED
+        delivery.next_attempt_at = None
+    log.info(
+        "webhook.delivery.attempted",
+        delivery_id=delivery.id,
+        job_id=delivery.job_id,
+        attempt=delivery.attempts,
+        state=delivery.state,
+        status=result.status,
+        error=result.error,
+    )

@@ -1,0 +1,56 @@
+"""Background work of the webhook feature: attempting due deliveries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import httpx2
+import structlog
+
+from fileimport.core.db import utcnow
+from fileimport.core.runtime import Runtime
+from fileimport.webhooks import repository
+from fileimport.webhooks.models import DeliveryState
+from fileimport.webhooks.service import attempt_delivery, record_attempt
+
+log = structlog.get_logger(__name__)
+
+CLAIM_LIMIT = 16
+
+
+async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> int:
+    """Attempt every delivery that is due now, concurrently; returns how many were attempted."""
+    settings = runtime.settings
+    now = utcnow()
+    # The claim pushes next_attempt_at past the longest an attempt can take.
+    lease_until = now + timedelta(seconds=settings.webhook_timeout * 2 + 5)
+    async with runtime.db.transaction() as session:
+        due = await repository.claim_due_deliveries(session, now, lease_until, CLAIM_LIMIT)
+        secrets = await repository.webhook_secrets(session, {d.project_id for d in due})
+        claimed = [(d.id, d.project_id) for d in due]
+
+    async def attempt(delivery_id: str, project_id: int) -> None:
+        async with runtime.db.sessionmaker() as read_session:
+            delivery = await repository.get_delivery(read_session, delivery_id)
+        if delivery is None or delivery.state != DeliveryState.PENDING:
+            return
+        result = await attempt_delivery(client, delivery, secrets[project_id])
+        async with runtime.db.transaction() as session:
+            stored = await repository.get_delivery(session, delivery_id)
+            if stored is not None and stored.state == DeliveryState.PENDING:
+                record_attempt(stored, result, settings.webhook_retry_schedule, utcnow())
+
+    async with anyio.create_task_group() as tg:
+        for delivery_id, project_id in claimed:
+            tg.start_soon(attempt, delivery_id, project_id)
+    return len(claimed)
+
+
+async def seconds_until_next_delivery(runtime: Runtime, cap: float) -> float:
+    """Seconds until the earliest pending delivery is due, at most ``cap``."""
+    async with runtime.db.sessionmaker() as session:
+        due_at = await repository.next_due_at(session)
+    if due_at is None:
+        return cap
+    return max(0.0, min(cap, (due_at - utcnow()).total_seconds()))

@@ -1,0 +1,111 @@
+"""Bad requests get the right 4xx in the reference's error shape, and queue nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fileimport.auth.service import SCOPE_READ
+from tests.support.service import RunningService, create_tenant
+
+GOOD_FILE = {
+    "url": "https://example.org/cat.jpg",
+    "id": "cat-1",
+    "fileName": "cat",
+    "metadata": {"caption": "foo"},
+}
+
+
+def body(**changes: Any) -> dict[str, Any]:
+    return {"systemName": "legacy", "files": [dict(GOOD_FILE)], **changes}
+
+
+def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    payload: dict[str, Any] = response.json()
+    assert payload["status"] == status
+    assert isinstance(payload["error"], str)
+    assert payload["error"]
+    assert isinstance(payload["error_details"], dict)
+    return payload["error_details"]
+
+
+@pytest.mark.parametrize(
+    ("request_body", "paths"),
+    [
+        ({"systemName": "legacy"}, {"files"}),
+        (body(files=[]), {"files"}),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, url="https://example.org/2.jpg")]), {"files.1.id"}),
+        (body(context={"blob": "x" * 8200}), {"context"}),
+        (body(files=[dict(GOOD_FILE, url="ftp://example.org/cat.jpg")]), {"files.0.url"}),
+        (body(files=[dict(GOOD_FILE, url="/relative/cat.jpg")]), {"files.0.url"}),
+        (body(files=[dict(GOOD_FILE, url="https://example.org/" + "a" * 2100)]), {"files.0.url"}),
+        (body(files=[dict(GOOD_FILE, metadata={"caption": 5})]), {"files.0.metadata.caption"}),
+        (body(files=[dict(GOOD_FILE, metadata={"nope": "x"})]), {"files.0.metadata.nope"}),
+        (body(files=[dict(GOOD_FILE, mediaType="sculpture")]), {"files.0.mediaType"}),
+        (body(webhook="not a url"), {"webhook"}),
+        (body(systemName=""), {"systemName"}),
+        (
+            body(files=[dict(GOOD_FILE, url="bad"), dict(GOOD_FILE, id="b", metadata={"title": ["x"]})]),
+            {"files.0.url", "files.1.metadata.title"},
+        ),
+    ],
+)
+async def test_invalid_batches_name_every_problem(
+    service: RunningService, request_body: dict[str, Any], paths: set[str]
+) -> None:
+    details = assert_error_shape(await service.post_import(request_body), 400)
+    assert set(details) == paths
+
+
+async def test_too_many_files_is_rejected(service: RunningService) -> None:
+    files = [dict(GOOD_FILE, id=str(i)) for i in range(service.settings.max_batch_files + 1)]
+    details = assert_error_shape(await service.post_import(body(files=files)), 400)
+    assert "files" in details
+
+
+async def test_not_json(service: RunningService) -> None:
+    headers = dict(service.tenant.headers)
+    response = await service.client.post(
+        "/api/v1/import/files", content=b"files=1", headers={**headers, "Content-Type": "text/plain"}
+    )
+    assert_error_shape(response, 415)
+    response = await service.client.post(
+        "/api/v1/import/files", content=b"{not json", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert "body" in assert_error_shape(response, 400)
+
+
+async def test_auth_errors(service: RunningService) -> None:
+    assert_error_shape(await service.client.post("/api/v1/import/files", json=body()), 401)
+    bad = {"Authorization": "Bearer fi_not-a-token"}
+    assert_error_shape(await service.client.post("/api/v1/import/files", json=body(), headers=bad), 401)
+    reader = await create_tenant(service.settings.resolved_database_url, "reader", scopes=(SCOPE_READ,))
+    assert_error_shape(
+        await service.client.post("/api/v1/import/files", json=body(), headers=reader.headers), 403
+    )
+
+
+async def test_other_projects_jobs_are_not_found(service: RunningService) -> None:
+    response = await service.post_import(body())
+    job_id = response.json()["id"]
+    other = await create_tenant(service.settings.resolved_database_url, "other")
+    response = await service.client.get(
+        "/api/v1/import/files/status", params={"id": job_id}, headers=other.headers
+    )
+    assert_error_shape(response, 404)
+    response = await service.client.get(
+        "/api/v1/import/files/status", params={"id": "nope"}, headers=service.tenant.headers
+    )
+    assert_error_shape(response, 404)
+
+
+async def test_idempotency_key_returns_the_first_job(service: RunningService) -> None:
+    headers = {"Idempotency-Key": "batch-0001"}
+    first = await service.post_import(body(), headers=headers)
+    again = await service.post_import(body(), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    different = await service.post_import(body(systemName="other"), headers=headers)
+    assert_error_shape(different, 422)

@@ -1,0 +1,96 @@
+"""Files that cannot be imported fail alone, each with its own code and reason."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from fileimport.projects.config import MediaKind, MediaTypeConfig, ProjectConfig
+from tests.support.images import png_bytes
+from tests.support.service import RunningService, run_service
+
+SMALL_LIMIT = 50_000
+
+
+@pytest.fixture
+async def guarded_service(tmp_path: Path) -> AsyncIterator[RunningService]:
+    """The address guard at its default (no network opened); only the host name 'localhost' is allowed."""
+    config = ProjectConfig(
+        media_types=(
+            MediaTypeConfig(handle="image", type=MediaKind.IMAGE, max_file_size=SMALL_LIMIT),
+            MediaTypeConfig(handle="file", type=MediaKind.FILE, max_file_size=10_000_000),
+        )
+    )
+    async with run_service(
+        tmp_path / "var", config=config, fetch_allowed_networks="", fetch_allowed_hosts="localhost"
+    ) as running:
+        yield running
+
+
+async def test_each_bad_file_fails_with_its_own_code_and_the_rest_succeed(
+    guarded_service: RunningService, httpserver: HTTPServer
+) -> None:
+    small = png_bytes(32, 24)
+    large = png_bytes(400, 400, noise=True)
+    assert len(large) > SMALL_LIMIT
+    httpserver.expect_request("/good.png").respond_with_data(small, content_type="image/png")
+    httpserver.expect_request("/also-good.png").respond_with_data(png_bytes(20, 20), content_type="image/png")
+    httpserver.expect_request("/large.png").respond_with_data(large, content_type="image/png")
+    httpserver.expect_request("/missing.png").respond_with_data("not here", status=404)
+    httpserver.expect_request("/error-page.jpg").respond_with_data(
+        "<!doctype html><html><body><h1>Oops</h1></body></html>", content_type="image/jpeg"
+    )
+    port = httpserver.port
+    local = f"http://localhost:{port}"
+    files = [
+        {"url": f"{local}/good.png", "id": "good", "fileName": "good", "metadata": {}},
+        {"url": f"{local}/missing.png", "id": "missing", "fileName": "missing", "metadata": {}},
+        {
+            "url": f"{local}/error-page.jpg",
+            "id": "html",
+            "fileName": "html",
+            "mediaType": "image",
+            "metadata": {},
+        },
+        {
+            "url": f"{local}/large.png",
+            "id": "large",
+            "fileName": "large",
+            "mediaType": "image",
+            "metadata": {},
+        },
+        {
+            "url": f"http://127.0.0.1:{port}/good.png",
+            "id": "internal",
+            "fileName": "internal",
+            "metadata": {},
+        },
+        {"url": f"{local}/also-good.png", "id": "good-2", "fileName": "good 2", "metadata": {"title": "Two"}},
+    ]
+    status = await guarded_service.import_and_wait({"systemName": "faults", "files": files})
+
+    assert status["state"] == "success"
+    results = {r["externalId"]: r for r in status["files"]}
+    assert results["good"]["status"] == "success"
+    assert results["good-2"]["status"] == "success"
+    expected_codes = {
+        "missing": "http_404",
+        "html": "type_mismatch",
+        "large": "too_large",
+        "internal": "blocked_address",
+    }
+    for external_id, code in expected_codes.items():
+        result = results[external_id]
+        assert (result["status"], result["state"], result["code"]) == ("failed", "failed", code), result
+        assert len(result["reason"]) > 20, result
+    assert "404" in results["missing"]["reason"]
+    assert "text/html" in results["html"]["reason"]
+    assert "127.0.0.1" in results["internal"]["reason"]
+
+    entry = await guarded_service.media_entry(results["good"]["mediaId"])
+    assert entry["asset"]["sha256"] == hashlib.sha256(small).hexdigest()
+    assert (entry["asset"]["width"], entry["asset"]["height"]) == (32, 24)
