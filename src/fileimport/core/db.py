@@ -83,7 +83,7 @@ def str_enum(enum: type[StrEnum]) -> Enum:
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # Take transaction control from the driver so that "begin" can emit
     # BEGIN IMMEDIATE itself.
-    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

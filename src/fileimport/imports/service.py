@@ -82,8 +82,8 @@ def _batch_problems(raw_files: list[Any], config: ProjectConfig) -> dict[str, st
                 field = known_fields.get(key)
                 if field is None:
                     problems[f"files.{index}.metadata.{key}"] = "is not a metadata field of any media type"
-                elif value is not None and (problem := field.check(value)):
-                    problems[f"files.{index}.metadata.{key}"] = problem
+                elif value is not None and (field_problem := field.check(value)):
+                    problems[f"files.{index}.metadata.{key}"] = field_problem
     return problems
 
 
