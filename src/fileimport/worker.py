@@ -10,8 +10,10 @@ result yet. Several workers may share one database.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -34,10 +36,14 @@ log = structlog.get_logger(__name__)
 class Worker:
     """Runs import jobs and webhook deliveries for one process."""
 
-    def __init__(self, runtime: Runtime, *, max_jobs: int = 4) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id(nbytes=4)}"
-        self.max_jobs = max_jobs
+        self.max_jobs = runtime.settings.worker_max_jobs
+        # Each worker process spools into its own folder, so that a restarted
+        # one can remove what a killed one left behind without touching the
+        # downloads of others sharing the data folder.
+        self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
         self.running: set[str] = set()
         self.files_limiter = anyio.Semaphore(runtime.settings.worker_concurrency)
 
@@ -51,9 +57,10 @@ class Worker:
             follow_redirects=False,
             headers={"user-agent": USER_AGENT},
         )
-        log.info("worker.started", owner=self.owner)
+        removed = await anyio.to_thread.run_sync(remove_abandoned_spool_dirs, settings.spool_dir)
+        log.info("worker.started", owner=self.owner, abandoned_spool_files_removed=removed)
         async with (
-            OriginFetcher(settings, guard=guard, spool_dir=settings.spool_dir) as fetcher,
+            OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
             webhook_client,
             anyio.create_task_group() as tg,
         ):
@@ -61,6 +68,7 @@ class Worker:
             tg.start_soon(self._import_loop, importer, tg)
             tg.start_soon(self._lease_loop)
             tg.start_soon(self._webhook_loop, webhook_client)
+        await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
 
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
         settings = self.runtime.settings
@@ -120,3 +128,31 @@ class Worker:
                 log.exception("webhook.loop_failed")
                 wait = settings.worker_poll_seconds
             await self.runtime.dispatcher.wait(Topic.WEBHOOKS, max(wait, 0.05))
+
+
+def remove_abandoned_spool_dirs(spool_root: Path) -> int:
+    """Delete spool folders (``<pid>-<id>``) of worker processes no longer running; returns files removed.
+
+    Only folders of this host's processes live under a local spool root, so a
+    pid that does not exist means the worker died (killed, crashed) mid-download.
+    """
+    removed = 0
+    if not spool_root.is_dir():
+        return 0
+    for folder in spool_root.iterdir():
+        pid_text = folder.name.split("-", 1)[0]
+        if not folder.is_dir() or not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        removed += sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

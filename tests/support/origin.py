@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,15 +14,25 @@ from typing import Any
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    delay = 0.0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.delay:
+            time.sleep(self.delay)
+        super().do_GET()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @contextmanager
-def serve_directory(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``root`` read-only over HTTP/1.1 on a free port; yields the base URL (no trailing slash)."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+def serve_directory(root: Path, host: str = "127.0.0.1", delay: float = 0.0) -> Iterator[str]:
+    """Serve ``root`` read-only over HTTP/1.1 on a free port; yields the base URL (no trailing slash).
+
+    ``delay`` seconds are spent before answering each GET (a slow origin).
+    """
+    handler_class = type("Handler", (_QuietHandler,), {"delay": delay})
+    handler = functools.partial(handler_class, directory=str(root))
     server = ThreadingHTTPServer((host, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

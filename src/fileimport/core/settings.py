@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=16, ge=1, le=1024)
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_max_jobs: int = Field(default=4, ge=1, le=256)
+    job_max_attempts: int = Field(default=5, ge=1, le=100)
 
     # Fetching
     fetch_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)

@@ -13,7 +13,12 @@ from fileimport.imports.states import FileStatus, JobState
 
 
 class ImportJob(Base):
-    """One posted batch. ``lease_owner``/``lease_expires_at`` say which worker runs it."""
+    """One posted batch.
+
+    ``lease_owner``/``lease_expires_at`` say which worker runs it; ``attempts``
+    counts the leases taken, so a job that keeps dying (a fault not tied to
+    one file) ends ``failed`` instead of being retried for ever.
+    """
 
     __tablename__ = "import_jobs"
     __table_args__ = (Index(None, "state", "lease_expires_at"),)
@@ -28,6 +33,7 @@ class ImportJob(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -90,7 +90,11 @@ async def fail_pending_files(
 async def claim_jobs(
     session: AsyncSession, owner: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[str]:
-    """Lease up to ``limit`` started jobs whose lease is free or expired; returns their ids."""
+    """Lease up to ``limit`` started jobs whose lease is free or expired; returns their ids.
+
+    Each claim counts as one attempt of the job. ``SKIP LOCKED`` keeps
+    PostgreSQL workers from waiting on each other; SQLite serialises writers.
+    """
     candidates = (
         (
             await session.execute(
@@ -111,7 +115,7 @@ async def claim_jobs(
         await session.execute(
             update(ImportJob)
             .where(ImportJob.id.in_(candidates))
-            .values(lease_owner=owner, lease_expires_at=lease_until)
+            .values(lease_owner=owner, lease_expires_at=lease_until, attempts=ImportJob.attempts + 1)
         )
     return list(candidates)
 

@@ -10,9 +10,10 @@ from fileimport.core.db import utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
-from fileimport.imports.models import ImportJob
+from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.pipeline import FileImporter, JobContext
 from fileimport.imports.states import FileStatus, JobState
+from fileimport.media.models import MediaEntry
 from fileimport.media.repository import list_entries_by_keys
 from fileimport.projects.models import Project
 from fileimport.projects.service import project_config
@@ -31,31 +32,42 @@ async def run_import_job(
     The caller holds the job's lease. Files are imported concurrently, at most
     as many at once as ``limiter`` allows across every job of this worker. A
     file that already has a result (from a run before a crash) is not touched.
+    A job leased more than ``job_max_attempts`` times ends ``failed``.
     """
     async with runtime.db.transaction() as session:
         job = await repository.get_job(session, job_id)
         if job is None or job.state != JobState.STARTED:
             return
-        project = (await session.execute(select(Project).where(Project.id == job.project_id))).scalar_one()
+        attempts = job.attempts
+        project = await session.get(Project, job.project_id)
+        assert project is not None  # noqa: S101 - foreign key
         ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
         pending = list(await repository.list_pending_files(session, job_id, limit=job.total_files))
-        existing = {}
+        existing: dict[str, MediaEntry] = {}
         for start in range(0, len(pending), PRELOAD_CHUNK):
             chunk = [f.external_id for f in pending[start : start + PRELOAD_CHUNK]]
             existing.update(await list_entries_by_keys(session, job.project_id, job.system_name, chunk))
-    log.info("import.job.running", job_id=job_id, pending=len(pending))
+    if attempts > runtime.settings.job_max_attempts:
+        await fail_job(
+            runtime,
+            job_id,
+            "job_interrupted",
+            f"The job was interrupted {attempts - 1} times by faults not tied to one file "
+            "(see the service log); its unfinished files were not imported.",
+        )
+        return
+    log.info("import.job.running", job_id=job_id, pending=len(pending), attempt=attempts)
 
-    async def one(file_index: int) -> None:
+    async def import_one(file: ImportFile) -> None:
         try:
-            file = pending[file_index]
             await importer.import_file(ctx, file, existing.get(file.external_id))
         finally:
             limiter.release()
 
     async with anyio.create_task_group() as tg:
-        for index in range(len(pending)):
+        for file in pending:
             await limiter.acquire()
-            tg.start_soon(one, index)
+            tg.start_soon(import_one, file)
 
     await finish_job_if_done(runtime, job_id)
 

@@ -1,0 +1,103 @@
+"""kill -9 in the middle of a 1000-file job, then start again: the job finishes cleanly."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+import pytest
+from pytest_httpserver import HTTPServer
+from standardwebhooks import Webhook
+from werkzeug import Request, Response
+
+from tests.support.origin import serve_directory
+from tests.support.process import ServiceProcess, prepare, serve_process, service_env
+
+pytestmark = [pytest.mark.corpus, pytest.mark.slow]
+
+
+def wait_status(service: ServiceProcess, job_id: str, until: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = httpx2.get(
+            f"{service.base_url}/api/v1/import/files/status",
+            params={"id": job_id},
+            headers=service.headers,
+            timeout=30,
+        ).json()
+        if until(status):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def test_killed_mid_job_then_restarted_finishes_exactly_once(
+    tmp_path: Path, corpus_dir: Path, corpus_manifest: dict[str, dict[str, Any]], httpserver: HTTPServer
+) -> None:
+    hooks: list[Request] = []
+
+    def receive(request: Request) -> Response:
+        hooks.append(request)
+        return Response("ok")
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    data_dir = tmp_path / "var"
+    env = service_env(data_dir, FILEIMPORT_WORKER_LEASE_SECONDS="2", FILEIMPORT_WORKER_POLL_SECONDS="0.2")
+    token = prepare(env)
+    secret = _webhook_secret(data_dir)
+    icons = sorted(p for p in corpus_manifest if p.startswith("icons/"))
+
+    with serve_directory(corpus_dir, delay=0.01) as origin:
+        files = [
+            {"url": f"{origin}/{quote(p)}", "id": p, "fileName": Path(p).stem, "metadata": {}} for p in icons
+        ]
+        batch = {"systemName": "crash", "webhook": httpserver.url_for("/hook"), "files": files}
+        with serve_process(env, token) as service:
+            response = httpx2.post(
+                f"{service.base_url}/api/v1/import/files", json=batch, headers=service.headers, timeout=60
+            )
+            job_id = response.json()["id"]
+            before = wait_status(service, job_id, lambda s: s["progress"]["pending"] <= 700, timeout=120)
+            service.process.kill()  # SIGKILL: no cleanup of any kind
+            service.process.wait()
+        assert not before["finished"], "the job finished before the kill; slow the origin down"
+
+        with serve_process(env, token) as service:
+            final = wait_status(service, job_id, lambda s: s["finished"], timeout=180)
+            deadline = time.monotonic() + 30
+            while not hooks and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    assert final["state"] == "success"
+    results = final["files"]
+    assert [r["externalId"] for r in results] == icons  # exactly one result each, in batch order
+    assert {r["status"] for r in results} == {"success"}
+
+    db = sqlite3.connect(data_dir / "fileimport.sqlite3")
+    entries = db.execute(
+        "SELECT external_id, asset_key FROM media_entries WHERE system_name='crash'"
+    ).fetchall()
+    assert sorted(e[0] for e in entries) == icons  # no duplicated entry
+    assert {r["mediaId"] for r in results} == {row[0] for row in db.execute("SELECT id FROM media_entries")}
+    referenced = {e[1] for e in entries}
+    stored = {
+        p.relative_to(data_dir / "blobs").as_posix() for p in (data_dir / "blobs").rglob("*") if p.is_file()
+    }
+    assert stored == referenced  # no unreferenced blob, none missing
+    assert [p for p in (data_dir / "spool").rglob("*") if p.is_file()] == []
+
+    assert len(hooks) >= 1
+    body = hooks[-1].get_data()
+    payload = Webhook(secret).verify(body, {k.lower(): v for k, v in hooks[-1].headers.items()})
+    assert payload["id"] == job_id
+    assert payload["overview"]["success"] == 1000
+
+
+def _webhook_secret(data_dir: Path) -> str:
+    db = sqlite3.connect(data_dir / "fileimport.sqlite3")
+    (secret,) = db.execute("SELECT webhook_secret FROM projects WHERE name='default'").fetchone()
+    return str(secret)
