@@ -16,7 +16,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     delay = 0.0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.delay:
             time.sleep(self.delay)
         super().do_GET()
