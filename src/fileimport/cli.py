@@ -253,7 +253,12 @@ def bootstrap(
     public = settings.public_url.rstrip("/")
     sys.stderr.write(
         "\n"
-        f"  Dev token:  {token}\n"
-        f"  Try it:     curl -s -H 'Authorization: Bearer {token}' '{public}/api/v1/import/files/status?id=none'\n"
-        f"  API docs:   {public}/docs\n\n"
+        f"  Dev token:  {token}   (also in {token_file})\n"
+        f"  API docs:   {public}/docs\n"
+        "  Try it:     python3 -m http.server 9000 -d examples/files &   # a loopback origin\n"
+        f"              curl -s -X POST {public}/api/v1/import/files -H 'Authorization: Bearer {token}' "
+        '-H \'Content-Type: application/json\' -d \'{"systemName": "demo", "files": [{"url": '
+        '"http://127.0.0.1:9000/FreshFlower.jpg", "id": "flower-1", "fileName": "flower", '
+        '"metadata": {}}]}\'\n'
+        f"              curl -s -H 'Authorization: Bearer {token}' '{public}/api/v1/import/files/status?id=<job id>'\n\n"
     )
