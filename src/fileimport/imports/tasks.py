@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from fileimport.core.db import utcnow
 from fileimport.core.dispatch import Topic
+from fileimport.core.metrics import JOBS_FINISHED
 from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.models import ImportFile, ImportJob
@@ -89,6 +90,7 @@ async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
         job.lease_expires_at = None
         files = list(await repository.list_files(session, job_id))
         delivery = schedule_delivery(session, job, files)
+    JOBS_FINISHED.labels(state=JobState.SUCCESS).inc()
     log.info(
         "import.job.finished",
         job_id=job_id,
@@ -117,6 +119,7 @@ async def fail_job(runtime: Runtime, job_id: str, code: str, reason: str) -> Non
         job.lease_expires_at = None
         files = list(await repository.list_files(session, job_id))
         delivery = schedule_delivery(session, job, files)
+    JOBS_FINISHED.labels(state=JobState.FAILED).inc()
     log.warning("import.job.failed", job_id=job_id, code=code, reason=reason)
     if delivery is not None:
         runtime.dispatcher.wake(Topic.WEBHOOKS)
