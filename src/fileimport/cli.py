@@ -11,14 +11,16 @@ import contextlib
 import json
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import KNOWN_SCOPES, SCOPE_READ, SCOPE_WRITE, create_token
 from fileimport.core.logging import configure_logging
@@ -26,7 +28,11 @@ from fileimport.core.settings import Settings, get_settings
 from fileimport.projects.config import ProjectConfig
 from fileimport.projects.service import ProjectExistsError, create_project, describe_project, get_project
 
-app = typer.Typer(help="Asynchronous file import service with a media library.", no_args_is_help=True)
+app = typer.Typer(
+    help="Asynchronous file import service with a media library.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold tokens and database passwords
+)
 project_app = typer.Typer(help="Create and show projects.", no_args_is_help=True)
 token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
@@ -40,6 +46,24 @@ def _settings() -> Settings:
     except ValidationError as exc:
         err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+T = TypeVar("T")
+
+
+def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``action`` in one committed database transaction, from synchronous CLI code."""
+    from fileimport.core.db import Database
+
+    async def main() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.transaction() as session:
+                return await action(session)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
 
 
 @app.command()
@@ -130,19 +154,12 @@ def project_create(
     settings = _settings()
     project_config = _load_config(config) if config else None
 
-    async def main() -> dict[str, object]:
-        from fileimport.core.db import Database
-
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.transaction() as session:
-                project = await create_project(session, name, project_config)
-                return describe_project(project)
-        finally:
-            await db.dispose()
+    async def action(session: AsyncSession) -> dict[str, object]:
+        project = await create_project(session, name, project_config)
+        return describe_project(project)
 
     try:
-        described = asyncio.run(main())
+        described = _run_in_transaction(settings, action)
     except ProjectExistsError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -154,18 +171,11 @@ def project_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> 
     """Print the project as JSON, with its webhook signing secret as webhookSecret."""
     settings = _settings()
 
-    async def main() -> dict[str, object] | None:
-        from fileimport.core.db import Database
+    async def action(session: AsyncSession) -> dict[str, object] | None:
+        project = await get_project(session, name)
+        return describe_project(project) if project else None
 
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.transaction() as session:
-                project = await get_project(session, name)
-                return describe_project(project) if project else None
-        finally:
-            await db.dispose()
-
-    described = asyncio.run(main())
+    described = _run_in_transaction(settings, action)
     if described is None:
         err.print(f"[red]no project '{name}'[/red]")
         raise typer.Exit(1)
@@ -197,21 +207,14 @@ def token_create(
     settings = _settings()
     lifetime = parse_duration(expires_in) if expires_in else None
 
-    async def main() -> str | None:
-        from fileimport.core.db import Database
-
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.transaction() as session:
-                found = await get_project(session, project)
-                if found is None:
-                    return None
-                return await create_token(session, found, scope, expires_in=lifetime, label=label)
-        finally:
-            await db.dispose()
+    async def action(session: AsyncSession) -> str | None:
+        found = await get_project(session, project)
+        if found is None:
+            return None
+        return await create_token(session, found, scope, expires_in=lifetime, label=label)
 
     try:
-        token = asyncio.run(main())
+        token = _run_in_transaction(settings, action)
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -229,22 +232,15 @@ def bootstrap(
     settings = _settings()
     token_file = settings.data_dir / "dev-token"
 
-    async def main() -> str | None:
-        from fileimport.core.db import Database
+    async def action(session: AsyncSession) -> str | None:
+        found = await get_project(session, project)
+        if found is None:
+            found = await create_project(session, project)
+        if token_file.exists():
+            return None
+        return await create_token(session, found, [SCOPE_WRITE, SCOPE_READ], label="dev")
 
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.transaction() as session:
-                found = await get_project(session, project)
-                if found is None:
-                    found = await create_project(session, project)
-                if token_file.exists():
-                    return None
-                return await create_token(session, found, [SCOPE_WRITE, SCOPE_READ], label="dev")
-        finally:
-            await db.dispose()
-
-    token = asyncio.run(main())
+    token = _run_in_transaction(settings, action)
     if token is not None:
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)

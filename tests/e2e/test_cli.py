@@ -1,0 +1,109 @@
+"""The ``fileimport`` command as scripts use it: projects, configurations, tokens."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx2
+
+from tests.support.process import FILEIMPORT, cli, serve_process, service_env
+
+CONFIG = """
+mediaTypes:
+  - handle: image
+    type: mediaImage
+    maxFileSize: 15MB
+    allowedMimeTypes: [image/jpeg, image/png]
+    metadata:
+      - {handle: title, type: text, required: true, maxLength: 200}
+      - {handle: credit, type: text}
+  - {handle: file, type: mediaFile, maxFileSize: 2GiB}
+"""
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FILEIMPORT, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_project_with_configuration_and_scoped_expiring_tokens(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var")
+    cli(env, "migrate")
+    config_file = tmp_path / "newsroom.yaml"
+    config_file.write_text(CONFIG)
+    cli(env, "project", "create", "newsroom", "--config", str(config_file))
+
+    shown = json.loads(cli(env, "project", "show", "newsroom"))
+    assert shown["name"] == "newsroom"
+    assert shown["webhookSecret"].startswith("whsec_")
+    image = shown["config"]["mediaTypes"][0]
+    assert (image["handle"], image["maxFileSize"]) == ("image", 15_000_000)
+    assert shown["config"]["mediaTypes"][1]["maxFileSize"] == 2 * 2**30
+
+    writer = cli(env, "token", "create", "--project", "newsroom", "--scope", "public-api:write")
+    assert writer.count("\n") == 1
+    assert writer.startswith("fi_")
+    short = cli(
+        env, "token", "create", "--project", "newsroom", "--scope", "public-api:read", "--expires-in", "2s"
+    )
+
+    assert run(env, "project", "create", "newsroom").returncode == 1
+    assert run(env, "project", "show", "nope").returncode == 1
+    assert run(env, "token", "create", "--project", "nope", "--scope", "public-api:read").returncode == 1
+    unknown_scope = run(env, "token", "create", "--project", "newsroom", "--scope", "admin")
+    assert unknown_scope.returncode == 2
+    assert "unknown scope" in unknown_scope.stderr
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("mediaTypes:\n  - {handle: image, type: mediaPainting, maxFileSize: 1MB}\n")
+    refused = run(env, "project", "create", "bad", "--config", str(bad_config))
+    assert refused.returncode == 2
+    assert "mediaPainting" in refused.stderr or "type" in refused.stderr
+
+    with serve_process(env, writer.strip()) as service:
+        url = f"{service.base_url}/api/v1/import/files"
+        # The project's own metadata fields apply: 'credit' exists, 'caption' does not.
+        body = {
+            "systemName": "wire",
+            "files": [
+                {
+                    "url": "http://127.0.0.1:9/a.jpg",
+                    "id": "a",
+                    "fileName": "a",
+                    "mediaType": "image",
+                    "metadata": {"credit": "AP"},
+                },
+                {
+                    "url": "http://127.0.0.1:9/b.jpg",
+                    "id": "b",
+                    "fileName": "b",
+                    "mediaType": "image",
+                    "metadata": {"title": "B", "caption": "x"},
+                },
+            ],
+        }
+        response = httpx2.post(url, json=body, headers=service.headers)
+        assert response.status_code == 400
+        assert set(response.json()["error_details"]) == {"files.0.metadata.title", "files.1.metadata.caption"}
+
+        short = cli(
+            env,
+            "token",
+            "create",
+            "--project",
+            "newsroom",
+            "--scope",
+            "public-api:read",
+            "--expires-in",
+            "3s",
+        )
+        reader = {"Authorization": f"Bearer {short.strip()}"}
+        assert httpx2.get(f"{service.base_url}/api/v1/mediaLibrary?ids=x", headers=reader).status_code == 200
+        assert httpx2.post(url, json=body, headers=reader).status_code == 403
+        time.sleep(3.1)
+        expired = httpx2.get(f"{service.base_url}/api/v1/mediaLibrary?ids=x", headers=reader)
+        assert expired.status_code == 401
+        assert expired.json()["error_details"]
