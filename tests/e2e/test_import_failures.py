@@ -17,7 +17,7 @@ SMALL_LIMIT = 50_000
 
 
 @pytest.fixture
-async def guarded_service(tmp_path: Path) -> AsyncIterator[RunningService]:
+async def guarded_service(tmp_path: Path, service_database_url: str | None) -> AsyncIterator[RunningService]:
     """The address guard at its default (no network opened); only the host name 'localhost' is allowed."""
     config = ProjectConfig(
         media_types=(
@@ -26,7 +26,11 @@ async def guarded_service(tmp_path: Path) -> AsyncIterator[RunningService]:
         )
     )
     async with run_service(
-        tmp_path / "var", config=config, fetch_allowed_networks="", fetch_allowed_hosts="localhost"
+        tmp_path / "var",
+        database_url=service_database_url,
+        config=config,
+        fetch_allowed_networks="",
+        fetch_allowed_hosts="localhost",
     ) as running:
         yield running
 

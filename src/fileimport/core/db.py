@@ -53,7 +53,11 @@ def new_id(prefix: str = "", nbytes: int = 12) -> str:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite stores naive text)."""
+    """A timezone-aware UTC timestamp on every backend, loaded with ``tzinfo=UTC``.
+
+    SQLite stores naive text (UTC by construction); PostgreSQL stores
+    ``timestamptz`` and returns it in the session's time zone, converted here.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -64,9 +68,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the session's time zone, which need not be UTC.
+        return value.astimezone(UTC)
 
 
 def str_enum(enum: type[StrEnum]) -> Enum:

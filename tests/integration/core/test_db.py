@@ -1,0 +1,138 @@
+"""The database layer on SQLite and on PostgreSQL: time zones, leases, racing upserts, JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from fileimport.core.db import Database, utcnow
+from fileimport.imports import repository
+from fileimport.imports.models import ImportJob
+from fileimport.media.models import MediaEntry
+from fileimport.media.service import EntryChange, OriginValidators, StoredAsset, UpsertAction, upsert_entry
+from fileimport.projects.service import create_project
+
+ASSET = StoredAsset(key="sha256/ab/cd/" + "ab" * 32, sha256="ab" * 32, size=3, mime_type="image/png")
+ORIGIN = OriginValidators("http://127.0.0.1/a.png", etag='"1"')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def new_project_id(db: Database) -> int:
+    async with db.transaction() as session:
+        return (await create_project(session, "p")).id
+
+
+def new_job(project_id: int, job_id: str, **values: object) -> ImportJob:
+    return ImportJob(id=job_id, project_id=project_id, system_name="s", total_files=0, **values)
+
+
+async def test_timestamps_come_back_as_utc_whatever_the_session_time_zone(db: Database) -> None:
+    project_id = await new_project_id(db)
+    started = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=5, minutes=45)))
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "j1", started_at=started))
+
+    async with db.sessionmaker() as session:
+        job = await session.get(ImportJob, "j1")
+    assert job is not None
+    assert job.started_at == started
+    assert job.started_at.tzinfo is UTC
+    assert job.started_at.isoformat() == "2026-03-28T19:45:15.123456+00:00"
+
+
+async def test_claim_takes_free_and_expired_leases_only(db: Database) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "free", started_at=now - timedelta(seconds=3)))
+        session.add(
+            new_job(
+                project_id,
+                "expired",
+                started_at=now - timedelta(seconds=2),
+                lease_owner="gone",
+                lease_expires_at=now - timedelta(milliseconds=1),
+            )
+        )
+        session.add(
+            new_job(
+                project_id,
+                "leased",
+                started_at=now - timedelta(seconds=1),
+                lease_owner="alive",
+                lease_expires_at=now + timedelta(seconds=30),
+            )
+        )
+
+    async with db.transaction() as session:
+        claimed = await repository.claim_jobs(session, "me", now, now + timedelta(seconds=30), 10)
+    assert claimed == ["free", "expired"]
+    async with db.transaction() as session:
+        assert await repository.claim_jobs(session, "other", now, now + timedelta(seconds=30), 10) == []
+
+
+async def test_two_transactions_racing_on_one_key_make_one_entry(db: Database) -> None:
+    """The loser's insert hits the unique constraint (PostgreSQL) or waits for the writer (SQLite)."""
+    project_id = await new_project_id(db)
+    change = EntryChange("legacy", "cat-1", "cat", {"caption": "a cat"}, "image")
+
+    async def second() -> tuple[str, UpsertAction]:
+        async with db.transaction() as session:
+            outcome = await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+            return outcome.media_id, outcome.action
+
+    async with db.transaction() as session:
+        first = await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+        racing = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+        assert not racing.done(), "the second transaction should wait for the first"
+    media_id, action = await asyncio.wait_for(racing, 10)
+
+    assert first.action is UpsertAction.CREATED
+    assert (media_id, action) == (first.media_id, UpsertAction.UNCHANGED)
+    async with db.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(MediaEntry)) == 1
+
+
+async def test_racing_update_after_unique_violation_bumps_the_version_once(db: Database) -> None:
+    project_id = await new_project_id(db)
+    change = EntryChange("legacy", "cat-1", "cat", {}, "image")
+    changed = EntryChange("legacy", "cat-1", "cat", {"caption": "new"}, "image")
+
+    async def second() -> tuple[int, UpsertAction]:
+        async with db.transaction() as session:
+            outcome = await upsert_entry(session, project_id, changed, ASSET, ORIGIN)
+            return outcome.version, outcome.action
+
+    async with db.transaction() as session:
+        await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+        racing = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+    assert await asyncio.wait_for(racing, 10) == (2, UpsertAction.UPDATED)
+    async with db.sessionmaker() as session:
+        entry = (await session.execute(select(MediaEntry))).scalar_one()
+    assert (entry.version, entry.metadata_) == (2, {"caption": "new"})
+
+
+async def test_json_metadata_round_trips_unicode_and_nesting(db: Database) -> None:
+    project_id = await new_project_id(db)
+    metadata = {"title": "Zürich ☃ 東京", "tags": ["a", "b"], "n": 1.5, "nested": {"ok": True, "none": None}}
+    async with db.transaction() as session:
+        await upsert_entry(session, project_id, EntryChange("s", "e", "f", metadata, "image"), ASSET, ORIGIN)
+    async with db.transaction() as session:
+        again = await upsert_entry(
+            session, project_id, EntryChange("s", "e", "f", dict(metadata), "image"), ASSET, ORIGIN
+        )
+    assert again.action is UpsertAction.UNCHANGED
