@@ -12,6 +12,8 @@ import pytest
 from tests.support.postgres import PostgresServer, require_postgres
 from tests.support.service import migrate
 
+pytest_plugins = ["tests.support.s3"]
+
 CORPUS_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus").resolve()
 
 DATABASE_BACKENDS = [

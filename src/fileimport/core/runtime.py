@@ -20,7 +20,10 @@ class Runtime:
     dispatcher: InProcessDispatcher
 
     async def close(self) -> None:
-        await self.db.dispose()
+        try:
+            await self.storage.close()
+        finally:
+            await self.db.dispose()
 
 
 def open_runtime(settings: Settings) -> Runtime:

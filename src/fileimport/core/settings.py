@@ -9,6 +9,7 @@ one process.
 from __future__ import annotations
 
 import ipaddress
+import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,14 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _option_text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
 class Settings(BaseSettings):
     """The service's configuration; see the README for each variable."""
 
@@ -39,15 +48,22 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL; default sqlite+aiosqlite under data_dir.",
+        description=(
+            "postgresql+psycopg://user:password@host:5432/db (postgresql:// and postgres:// are read "
+            "as psycopg) or sqlite+aiosqlite:///path; default SQLite under data_dir."
+        ),
     )
     storage_url: str | None = Field(
         default=None,
         description="file:///abs/path or s3://bucket/prefix; default data_dir/blobs.",
     )
-    storage_options: dict[str, str] = Field(
+    storage_options: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Extra obstore options as JSON, e.g. endpoint/region for S3.",
+        description=(
+            'obstore options as a JSON object, e.g. {"endpoint": "https://s3.example.net", '
+            '"region": "eu-central-1", "allow_http": false}; S3 credentials may instead come '
+            "from the AWS_* environment variables."
+        ),
     )
     public_url: str = "http://127.0.0.1:8000"
 
@@ -86,6 +102,55 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _normalise_database_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        url = value.strip()
+        if not url:
+            return None
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise ValueError("must be a URL such as postgresql+psycopg://user@host:5432/db")
+        scheme = scheme.lower()
+        # The service is async: plain PostgreSQL and SQLite URLs mean their async drivers.
+        if scheme in {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}:
+            return f"postgresql+psycopg://{rest}"
+        if scheme in {"sqlite", "sqlite+aiosqlite"}:
+            return f"sqlite+aiosqlite://{rest}"
+        raise ValueError(
+            f"unsupported database {scheme!r}: use postgresql+psycopg:// (PostgreSQL) or sqlite+aiosqlite://"
+        )
+
+    @field_validator("storage_url", mode="before")
+    @classmethod
+    def _check_storage_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        url = value.strip()
+        if not url:
+            return None
+        scheme = url.partition("://")[0].lower()
+        if scheme not in {"file", "s3", "s3a", "memory"}:
+            raise ValueError("must be file:///absolute/path, s3://bucket/prefix or memory://")
+        return url
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _parse_storage_options(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object of option names to values: {exc}") from None
+        if isinstance(value, dict):
+            # obstore takes every option as a string; JSON true/false/numbers are natural to write.
+            return {str(key): _option_text(item) for key, item in value.items()}
+        return value
+
     @field_validator("fetch_allowed_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -118,6 +183,8 @@ class Settings(BaseSettings):
         if self.mode == "production":
             if not self.database_url or self.database_url.startswith("sqlite"):
                 raise ValueError("production mode needs FILEIMPORT_DATABASE_URL (PostgreSQL)")
+            if self.resolved_storage_url.startswith("memory:"):
+                raise ValueError("production mode refuses FILEIMPORT_STORAGE_URL=memory:// (lost on restart)")
             if any(net.prefixlen == 0 for net in self.fetch_allowed_networks):
                 raise ValueError("production mode refuses FILEIMPORT_FETCH_ALLOWED_NETWORKS=0.0.0.0/0")
         return self

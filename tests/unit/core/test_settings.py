@@ -1,0 +1,101 @@
+"""Database and storage settings as a deployment sets them: FILEIMPORT_* environment variables."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from fileimport.core.settings import Settings
+
+S3_OPTIONS_JSON = (
+    '{"endpoint": "https://s3.example.net", "region": "eu-central-1",'
+    ' "access_key_id": "AKIA", "secret_access_key": "s3cr3t", "allow_http": false, "timeout": 30}'
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MODE", "DATABASE_URL", "STORAGE_URL", "STORAGE_OPTIONS"):
+        monkeypatch.delenv(f"FILEIMPORT_{name}", raising=False)
+
+
+def test_production_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEIMPORT_MODE", "production")
+    monkeypatch.setenv(
+        "FILEIMPORT_DATABASE_URL", "postgresql+psycopg://fileimport:pw@db.internal:5432/fileimport"
+    )
+    monkeypatch.setenv("FILEIMPORT_STORAGE_URL", "s3://media-bucket/fileimport")
+    monkeypatch.setenv("FILEIMPORT_STORAGE_OPTIONS", S3_OPTIONS_JSON)
+
+    settings = Settings()
+
+    assert settings.resolved_database_url == "postgresql+psycopg://fileimport:pw@db.internal:5432/fileimport"
+    assert not settings.is_sqlite
+    assert settings.resolved_storage_url == "s3://media-bucket/fileimport"
+    assert settings.storage_options == {
+        "endpoint": "https://s3.example.net",
+        "region": "eu-central-1",
+        "access_key_id": "AKIA",
+        "secret_access_key": "s3cr3t",
+        "allow_http": "false",
+        "timeout": "30",
+    }
+
+
+@pytest.mark.parametrize("value", ["", "  ", "{}"])
+def test_empty_storage_options(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FILEIMPORT_STORAGE_OPTIONS", value)
+    assert Settings().storage_options == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("endpoint=https://s3.example.net", "must be a JSON object"),
+        ('["endpoint"]', "valid dictionary"),
+        ('{"endpoint": {"url": "x"}}', "valid string"),
+    ],
+)
+def test_storage_options_that_are_not_a_json_object_of_strings(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("FILEIMPORT_STORAGE_OPTIONS", value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+        ("postgres://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("sqlite:////var/lib/fileimport/db.sqlite3", "sqlite+aiosqlite:////var/lib/fileimport/db.sqlite3"),
+    ],
+)
+def test_database_urls_get_the_async_driver(given: str, used: str) -> None:
+    assert Settings(database_url=given).resolved_database_url == used
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/d", "postgresql+asyncpg://u@h/d", "db.internal:5432"])
+def test_unsupported_database_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="database_url"):
+        Settings(database_url=url)
+
+
+def test_unsupported_storage_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="s3://bucket/prefix"):
+        Settings(storage_url="gs://bucket")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({}, "needs FILEIMPORT_DATABASE_URL"),
+        ({"database_url": "sqlite:///x.db"}, "needs FILEIMPORT_DATABASE_URL"),
+        ({"database_url": "postgresql://h/d", "storage_url": "memory://"}, "memory://"),
+    ],
+)
+def test_production_mode_refuses_embedded_choices(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(mode="production", **changes)
