@@ -16,7 +16,9 @@ from tests.conftest import DATABASE_BACKENDS
 from tests.support.origin import serve_directory
 from tests.support.service import RunningService, run_service
 
-BOTH_DATABASES = frozenset({"test_import_corpus", "test_import_failures", "test_webhook"})
+BOTH_DATABASES = frozenset(
+    {"test_import_corpus", "test_import_failures", "test_origin_validators", "test_webhook"}
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
