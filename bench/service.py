@@ -1,0 +1,288 @@
+"""The service under test, run as a real ``fileimport serve`` process, and its databases."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from bench.origin import free_port
+
+FILEIMPORT = [sys.executable, "-m", "fileimport"]
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class ServiceError(Exception):
+    """The service did not start, or a job did not finish."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One column of the table: a database (and the local folder for blobs)."""
+
+    key: str
+    label: str
+    database_url: str | None = None
+
+
+def service_env(
+    data_dir: Path, concurrency: int, database_url: str | None, source: Path | None = None
+) -> dict[str, str]:
+    """The environment of every ``fileimport`` command the bench runs; no inherited FILEIMPORT_*.
+
+    ``source`` is a folder holding a ``fileimport`` package to run instead of
+    the installed (editable) one, e.g. one commit's ``src`` from ``git archive``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEIMPORT_")}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH", "")) if p)
+    env.update(
+        FILEIMPORT_DATA_DIR=str(data_dir),
+        FILEIMPORT_FETCH_ALLOWED_NETWORKS="127.0.0.0/8",
+        FILEIMPORT_LOG_LEVEL="WARNING",
+        FILEIMPORT_WORKER_CONCURRENCY=str(concurrency),
+        FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY=str(concurrency),
+    )
+    if database_url:
+        env["FILEIMPORT_DATABASE_URL"] = database_url
+    return env
+
+
+def cli(env: Mapping[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [*FILEIMPORT, *args], env=dict(env), capture_output=True, text=True, timeout=180, check=False
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"fileimport {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def prepare(env: Mapping[str, str]) -> str:
+    """Migrate, create project ``default``, return a token with both scopes."""
+    cli(env, "migrate")
+    cli(env, "project", "create", "default")
+    return cli(
+        env,
+        "token",
+        "create",
+        "--project",
+        "default",
+        "--scope",
+        "public-api:write",
+        "--scope",
+        "public-api:read",
+    ).strip()
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the process so far (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: other work on the machine makes every figure noisier."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A ``kB`` line of /proc/PID/status (``VmHWM``, ``VmRSS``) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise ServiceError(f"no {field} in /proc/{pid}/status")
+
+
+@dataclass
+class Service:
+    """A running ``fileimport serve``; ``client`` keeps one connection alive."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    token: str
+    client: httpx2.Client
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def peak_rss(self) -> int:
+        return proc_status(self.pid, "VmHWM")
+
+    def rss(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+    def post_job(self, body: bytes) -> httpx2.Response:
+        return self.client.post(
+            f"{self.base_url}/api/v1/import/files",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+
+    def status(self, job_id: str) -> httpx2.Response:
+        return self.client.get(f"{self.base_url}/api/v1/import/files/status", params={"id": job_id})
+
+
+@contextmanager
+def serve(env: Mapping[str, str], token: str, log_path: Path, *, worker: bool = True) -> Iterator[Service]:
+    """``fileimport serve [--no-worker]`` on a free port until the block exits (SIGTERM, then SIGKILL)."""
+    port = free_port()
+    args = [*FILEIMPORT, "serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(args, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    client = httpx2.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120, trust_env=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ServiceError(f"fileimport serve exited with {process.returncode}:\n{tail}")
+            try:
+                if client.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServiceError("fileimport serve was not ready within 60 s")
+            time.sleep(0.05)
+        yield Service(process, base_url, token, client)
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One import job, timed by the client from sending the POST to the first finished status."""
+
+    job_id: str
+    seconds: float
+    server_seconds: float | None
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    load_before: float
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_user_seconds + self.cpu_system_seconds
+
+    counts: dict[str, int]
+    failures: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> JobRun:
+    """POST ``body`` and poll the status every ``poll`` seconds until the job is finished."""
+    load_before = load_average()
+    user_before, system_before = cpu_times(service.pid)
+    started = time.perf_counter()
+    response = service.post_job(body)
+    if response.status_code != 200:
+        raise ServiceError(f"POST answered {response.status_code}: {response.text[:500]}")
+    job_id = response.json()["id"]
+    deadline = started + timeout
+    while True:
+        status = service.status(job_id)
+        if status.status_code != 200:
+            raise ServiceError(f"status answered {status.status_code}: {status.text[:500]}")
+        document = status.json()
+        if document["finished"]:
+            seconds = time.perf_counter() - started
+            user, system = cpu_times(service.pid)
+            break
+        if time.perf_counter() > deadline:
+            raise ServiceError(f"job {job_id} not finished after {timeout:.0f} s: {document.get('progress')}")
+        time.sleep(poll)
+    files = document.get("files") or []
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f["status"]] = counts.get(f["status"], 0) + 1
+    failures = [
+        {"externalId": f["externalId"], "code": f.get("code"), "reason": f.get("reason")}
+        for f in files
+        if f["status"] == "failed"
+    ]
+    if document["state"] != "success":
+        failures.append({"job": job_id, "state": document["state"], "reason": document.get("reason")})
+    return JobRun(
+        job_id,
+        seconds,
+        _server_seconds(document),
+        user - user_before,
+        system - system_before,
+        load_before,
+        counts,
+        failures,
+    )
+
+
+def _server_seconds(document: dict[str, Any]) -> float | None:
+    from datetime import datetime
+
+    try:
+        started = datetime.fromisoformat(document["startedAt"])
+        finished = datetime.fromisoformat(document["finishedAt"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (finished - started).total_seconds()
+
+
+_DB_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+def postgres_available(admin_url: str) -> str | None:
+    """None when PostgreSQL answers at ``admin_url``, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(admin_url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {admin_url} is not reachable: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database for one bench run; yields its SQLAlchemy URL, drops it afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"fileimport_bench_{secrets.token_hex(4)}"
+    assert _DB_NAME.match(name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", "5432")
+    user = info.get("user", "postgres")
+    password = f":{info['password']}" if info.get("password") else ""
+    try:
+        yield f"postgresql+psycopg://{user}{password}@{host}:{port}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
