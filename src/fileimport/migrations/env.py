@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from fileimport.core.db import create_engine
@@ -13,6 +14,9 @@ from fileimport.core.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
+
+MIGRATION_LOCK_KEY = 0x66696C65696D7074
+"""PostgreSQL advisory lock held while migrating (any constant unique to this application)."""
 
 
 def _database_url() -> str:
@@ -27,6 +31,11 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Every machine may run `fileimport migrate` as it starts: the
+            # others wait here, then find the schema at head. (SQLite's
+            # BEGIN IMMEDIATE serialises them already.)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
