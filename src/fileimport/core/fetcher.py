@@ -211,7 +211,7 @@ class OriginFetcher:
         ``fetch_max_attempts`` tries in all. Raises ``FetchError``; no spool
         file is left behind on failure or cancellation.
         """
-        target = _parse_url(url)
+        target = parse_http_url(url)
         await anyio.Path(self._spool_dir).mkdir(parents=True, exist_ok=True)
         conditional: dict[str, str] = {}
         if etag:
@@ -376,7 +376,7 @@ class OriginFetcher:
         except httpx2.TransportError as exc:
             raise FetchError(
                 "connection_error",
-                f"The connection to {origin} failed before it answered: {_describe(exc)}.",
+                f"The connection to {origin} failed before it answered: {describe_network_error(exc)}.",
                 retryable=True,
             ) from exc
 
@@ -463,14 +463,14 @@ class OriginFetcher:
                 raise FetchError(
                     "timeout",
                     f"The origin sent nothing for {self._settings.fetch_read_timeout:g} seconds "
-                    f"while sending {_display(url)} ({size} bytes received).",
+                    f"while sending {_display(url)} ({_bytes(size)} received).",
                     retryable=True,
                 ) from exc
             except (httpx2.RemoteProtocolError, httpx2.NetworkError) as exc:
                 raise FetchError(
                     "truncated",
                     f"The connection closed before the whole body of {_display(url)} arrived "
-                    f"({size} bytes received{_of_length(content_length)}): {_describe(exc)}.",
+                    f"({_bytes(size)} received{_of_length(content_length)}): {describe_network_error(exc)}.",
                     retryable=True,
                 ) from exc
             except httpx2.DecodingError as exc:
@@ -516,10 +516,12 @@ class OriginFetcher:
             raise
 
 
-def _parse_url(value: str) -> httpx2.URL:
-    """``value`` as an absolute http(s) URL.
+def parse_http_url(value: str) -> httpx2.URL:
+    """``value`` as an absolute http(s) URL that a connection can be made to.
 
-    Raises ``FetchError`` with code ``invalid_url`` or ``unsupported_scheme``.
+    The host must be a valid name or IP address and the port within 1-65535;
+    nothing is resolved. Raises ``FetchError`` with code ``invalid_url`` or
+    ``unsupported_scheme``.
     """
     try:
         url = httpx2.URL(value)
@@ -628,8 +630,30 @@ def _status_text(status: int) -> str:
     return f"{status} {phrase}" if phrase else str(status)
 
 
+def _bytes(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n} bytes"
+
+
 def _of_length(content_length: int | None) -> str:
     return f" of {content_length}" if content_length is not None else ""
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """A short description of a failed connection or transfer, for a person.
+
+    httpx2 often wraps the operating system's error in errors whose own text
+    is empty or generic ("All connection attempts failed"); the OS's words
+    ("Connection refused", "Connection reset by peer") say more, so the first
+    error along the chain of causes that carries an errno wins.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno)
+        current = current.__cause__ or current.__context__
+    return _describe(exc)
 
 
 def _describe(exc: BaseException) -> str:

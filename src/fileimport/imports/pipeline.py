@@ -88,8 +88,12 @@ class FileImporter:
             status, media_id, attempts = await self._import(ctx, file, existing)
         except (FetchError, ProbeError, FileRejected) as exc:
             attempts = getattr(exc, "attempts", attempts) or attempts
-            bound.info("import.file.failed", code=exc.code, reason=exc.reason)
-            return await self._record_failure(ctx, file, exc.code, exc.reason, attempts)
+            reason = exc.reason
+            if isinstance(exc, FetchError) and exc.retryable and exc.attempts > 1:
+                # Says that the fault lasted (and that a later re-run may help).
+                reason = f"{reason.rstrip('.')}; gave up after {exc.attempts} tries."
+            bound.info("import.file.failed", code=exc.code, reason=reason)
+            return await self._record_failure(ctx, file, exc.code, reason, attempts)
         except ResultAlreadyRecorded:
             bound.info("import.file.already_recorded")
             return FileStatus(file.status)

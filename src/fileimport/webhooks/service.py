@@ -5,8 +5,10 @@ Signing follows Standard Webhooks (``webhook-id``, ``webhook-timestamp``,
 the project's ``whsec_`` secret, and adds ``x-livingdocs-signature:
 sha256=<hex HMAC-SHA256 of the body>`` keyed with the same secret's bytes for
 clients written against the reference. Retries follow the configured schedule
-(Standard Webhooks' default): network errors, timeouts, 408, 429 and 5xx are
-retried; any other answer outside 2xx ends the delivery as failed.
+(Standard Webhooks' default): network errors (a host name that does not
+resolve included), timeouts, 408, 429 and 5xx are retried; any other answer
+outside 2xx, a blocked address and a URL no connection can be made to end the
+delivery as failed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
-from fileimport.core.address_guard import BlockedAddressError
+from fileimport.core.address_guard import BlockedAddressError, HostNotFoundError
 from fileimport.core.db import new_id, utcnow
+from fileimport.core.fetcher import FetchError, describe_network_error, parse_http_url
 from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.states import FileStatus
 from fileimport.webhooks.models import DeliveryState, WebhookDelivery
@@ -114,16 +117,26 @@ async def attempt_delivery(
     client: httpx2.AsyncClient, delivery: WebhookDelivery, secret: str
 ) -> AttemptResult:
     """POST the delivery once; never raises for the receiver's faults."""
+    try:
+        # The same URL checks as a file's (SPEC.md "Webhook"), before any DNS
+        # lookup or connection: a host or port no connection can be made to.
+        parse_http_url(delivery.url)
+    except FetchError as exc:
+        return AttemptResult(False, False, None, exc.reason[:MAX_ERROR_CHARS])
     headers = sign(secret, delivery.id, utcnow(), delivery.payload)
     headers["content-type"] = "application/json"
     try:
         response = await client.post(delivery.url, content=delivery.payload.encode(), headers=headers)
     except BlockedAddressError as exc:
         return AttemptResult(False, False, None, str(exc))
+    except HostNotFoundError as exc:
+        # The receiver's DNS may be fixed before the schedule runs out.
+        return AttemptResult(False, True, None, str(exc)[:MAX_ERROR_CHARS])
     except httpx2.TimeoutException:
         return AttemptResult(False, True, None, "timed out")
     except httpx2.HTTPError as exc:
-        return AttemptResult(False, True, None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        error = f"{type(exc).__name__}: {describe_network_error(exc)}"
+        return AttemptResult(False, True, None, error[:MAX_ERROR_CHARS])
     if 200 <= response.status_code < 300:
         return AttemptResult(True, False, response.status_code, None)
     retryable = response.status_code in (408, 429) or response.status_code >= 500

@@ -12,7 +12,7 @@ from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
 from fileimport.webhooks import repository
 from fileimport.webhooks.models import DeliveryState
-from fileimport.webhooks.service import attempt_delivery, record_attempt
+from fileimport.webhooks.service import AttemptResult, attempt_delivery, record_attempt
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,14 @@ async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> 
             delivery = await repository.get_delivery(read_session, delivery_id)
         if delivery is None or delivery.state != DeliveryState.PENDING:
             return
-        result = await attempt_delivery(client, delivery, secrets[project_id])
+        try:
+            result = await attempt_delivery(client, delivery, secrets[project_id])
+        except Exception as exc:
+            # Counted and retried like a network error: unrecorded, it would be
+            # retried forever without a trace, and it must not cancel the
+            # attempts running beside it.
+            log.exception("webhook.delivery.crashed", delivery_id=delivery_id)
+            result = AttemptResult(False, True, None, f"unexpected error ({type(exc).__name__}); see the log")
         async with runtime.db.transaction() as session:
             stored = await repository.get_delivery(session, delivery_id)
             if stored is not None and stored.state == DeliveryState.PENDING:
