@@ -38,7 +38,7 @@ class Worker:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id(nbytes=4)}"
+        self.owner = f"{socket.gethostname()[:200]}:{os.getpid()}:{new_id(nbytes=4)}"
         self.max_jobs = runtime.settings.worker_max_jobs
         # Each worker process spools into its own folder, so that a restarted
         # one can remove what a killed one left behind without touching the

@@ -7,7 +7,6 @@ HTTP sets no limit and the origin is anyone on the internet.
 
 from __future__ import annotations
 
-import pytest
 from pytest_httpserver import HTTPServer
 
 from tests.support.images import png_bytes
@@ -15,18 +14,6 @@ from tests.support.service import RunningService
 
 LONG_ETAG = '"' + "e" * 600 + '"'
 LONG_LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT" + " " * 40 + "(with a comment the origin added)"
-
-
-@pytest.fixture(autouse=True)
-def postgres_keeps_what_fits(request: pytest.FixtureRequest, database_backend: str) -> None:
-    if database_backend == "postgres":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="media/service.py _apply stores origin validators longer than their columns "
-                "(StringDataRightTruncation on PostgreSQL, the file fails with internal_error)",
-            )
-        )
 
 
 async def test_long_etag_and_last_modified_do_not_fail_the_file(

@@ -10,6 +10,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from fileimport.core.db import Base, UTCDateTime, utcnow
 
+# Longest origin validators kept for conditional re-imports (characters).
+MAX_ETAG = 512
+MAX_LAST_MODIFIED = 64
+
 
 class MediaEntry(Base):
     """A media library entry and its current asset.
@@ -39,8 +43,8 @@ class MediaEntry(Base):
     duration: Mapped[float | None] = mapped_column(Float)
 
     source_url: Mapped[str] = mapped_column(String(2048))
-    origin_etag: Mapped[str | None] = mapped_column(String(512))
-    origin_last_modified: Mapped[str | None] = mapped_column(String(64))
+    origin_etag: Mapped[str | None] = mapped_column(String(MAX_ETAG))
+    origin_last_modified: Mapped[str | None] = mapped_column(String(MAX_LAST_MODIFIED))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

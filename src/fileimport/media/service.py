@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.core.db import new_id, utcnow
 from fileimport.media import repository
-from fileimport.media.models import MediaEntry
+from fileimport.media.models import MAX_ETAG, MAX_LAST_MODIFIED, MediaEntry
 from fileimport.media.schemas import AssetOut, MediaEntryOut
 
 
@@ -67,6 +67,18 @@ class UpsertOutcome:
     action: UpsertAction
 
 
+def _storable(origin: OriginValidators) -> tuple[str | None, str | None]:
+    """The validators worth keeping: one longer than any sane origin sends is dropped, not stored cut
+    (a cut ETag would never match; without it the next import is simply unconditional)."""
+    etag = origin.etag if origin.etag and len(origin.etag) <= MAX_ETAG else None
+    last_modified = (
+        origin.last_modified
+        if origin.last_modified and len(origin.last_modified) <= MAX_LAST_MODIFIED
+        else None
+    )
+    return etag, last_modified
+
+
 def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | None) -> bool:
     return (
         (asset is not None and asset.sha256 != entry.sha256)
@@ -91,8 +103,7 @@ def _apply(
         entry.height = asset.height
         entry.duration = asset.duration
     entry.source_url = origin.url
-    entry.origin_etag = origin.etag
-    entry.origin_last_modified = origin.last_modified
+    entry.origin_etag, entry.origin_last_modified = _storable(origin)
 
 
 async def upsert_entry(
@@ -136,8 +147,8 @@ async def upsert_entry(
             return UpsertOutcome(entry.id, entry.version, UpsertAction.CREATED)
 
     if not _differs(entry, change, asset):
-        if (origin.etag, origin.last_modified) != (entry.origin_etag, entry.origin_last_modified):
-            entry.origin_etag, entry.origin_last_modified = origin.etag, origin.last_modified
+        if _storable(origin) != (entry.origin_etag, entry.origin_last_modified):
+            entry.origin_etag, entry.origin_last_modified = _storable(origin)
             await session.flush()
         return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)
     _apply(entry, change, asset, origin)

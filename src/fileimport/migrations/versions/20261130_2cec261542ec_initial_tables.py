@@ -65,7 +65,7 @@ def upgrade() -> None:
         sa.Column("started_at", fileimport.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("finished_at", fileimport.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_owner", sa.String(length=255), nullable=True),
         sa.Column("lease_expires_at", fileimport.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["project_id"],
