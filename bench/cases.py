@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.ceiling import curl_download
+from bench.ceiling import Download, curl_download
 from bench.origin import Origin
 from bench.service import Backend, JobRun, Service, prepare, run_job, serve, service_env
 
@@ -160,7 +160,7 @@ class BackendBench:
             empty_blob_store(self.data_dir)
             if case == "a":
                 self.finished_job = job.job_id
-            runs.append(self._run_record(job, curl.seconds, len(files), total_bytes))
+            runs.append(self._run_record(job, curl, len(files), total_bytes))
             self.say(
                 f"({case}) run {run + 1}/{self.s.runs}: service {job.seconds:.3f} s, curl {curl.seconds:.3f} s"
                 + ("" if job.ok else f", {len(job.failures)} FAILED")
@@ -168,7 +168,8 @@ class BackendBench:
         return self._summary(runs, files=len(files), total_bytes=total_bytes)
 
     @staticmethod
-    def _run_record(job: JobRun, curl_seconds: float, files: int, total_bytes: int) -> dict[str, Any]:
+    def _run_record(job: JobRun, curl: Download, files: int, total_bytes: int) -> dict[str, Any]:
+        curl_seconds = curl.seconds
         return {
             "service_seconds": job.seconds,
             "service_server_seconds": job.server_seconds,
@@ -178,6 +179,8 @@ class BackendBench:
             "service_cpu_system_seconds": job.cpu_system_seconds,
             "service_cpu_ms_per_file": 1000 * job.cpu_seconds / files,
             "load_average_before": job.load_before,
+            "machine_during_service": job.machine,
+            "machine_during_curl": curl.machine,
             "service_files_per_s": files / job.seconds,
             "service_mb_per_s": total_bytes / MB / job.seconds,
             "curl_seconds": curl_seconds,
@@ -229,7 +232,7 @@ class BackendBench:
                 job = run_job(service, body, poll=self.s.poll, timeout=1800)
                 peak = service.peak_rss()
             empty_blob_store(self.data_dir)
-            record = self._run_record(job, curl.seconds, 1, total_bytes)
+            record = self._run_record(job, curl, 1, total_bytes)
             record.update(idle_rss_bytes=idle_rss, peak_rss_bytes=peak)
             runs.append(record)
             self.say(

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.service import MachineSnapshot
+
 
 class CeilingError(Exception):
     """curl did not download every file."""
@@ -18,6 +20,7 @@ class Download:
     seconds: float
     files: int
     bytes: int
+    machine: dict[str, float | None]
 
 
 def curl_version() -> str | None:
@@ -51,15 +54,17 @@ def curl_download(urls: list[str], dest: Path, *, parallel: int) -> Download:
         str(config),
     ]
     try:
+        before = MachineSnapshot.take()
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
         seconds = time.perf_counter() - started
+        machine = MachineSnapshot.take().since(before)
         if done.returncode != 0:
             raise CeilingError(f"curl exited {done.returncode}: {done.stderr.strip()[:500]}")
         sizes = [p.stat().st_size for p in dest.iterdir()]
         if len(sizes) != len(urls):
             raise CeilingError(f"curl wrote {len(sizes)} of {len(urls)} files")
-        return Download(seconds=seconds, files=len(sizes), bytes=sum(sizes))
+        return Download(seconds=seconds, files=len(sizes), bytes=sum(sizes), machine=machine)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
         config.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -385,7 +386,28 @@ def cpu_notes(label: str, results: dict[str, Any]) -> str:
             f"({case}) {found['service_cpu_seconds']:.2f} s in {found['service_seconds']:.2f} s "
             f"= {share:.0%} of one core, {per}"
         )
-    return f"{label}: service CPU: {'; '.join(parts) or 'no throughput case ran'}."
+    pressures = [
+        run["machine_during_service"]["cpu_pressure"]
+        for case in ("a", "b", "c")
+        for run in (results.get(case) or {}).get("runs", [])
+        if run.get("machine_during_service", {}).get("cpu_pressure") is not None
+    ]
+    busy = [
+        run["machine_during_service"]["busy_cores"]
+        for case in ("a", "b", "c")
+        for run in (results.get(case) or {}).get("runs", [])
+        if "machine_during_service" in run
+    ]
+    machine = ""
+    if busy:
+        machine = f" Whole machine during the service's jobs: {statistics.median(busy):.1f} cores busy"
+        if pressures:
+            median_pressure = statistics.median(pressures)
+            machine += f", CPU pressure (PSI some) {median_pressure:.0%}"
+            if median_pressure > 0.2:
+                machine += " (other work competed for the CPU: every figure is noisy, the service's most)"
+        machine += "."
+    return f"{label}: service CPU: {'; '.join(parts) or 'no throughput case ran'}.{machine}"
 
 
 def run_profiles(

@@ -92,6 +92,37 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+@dataclass(frozen=True)
+class MachineSnapshot:
+    """Machine-wide CPU counters, to tell a quiet run from one competing with other work."""
+
+    at: float
+    busy_jiffies: int
+    pressure_us: int | None
+
+    @classmethod
+    def take(cls) -> MachineSnapshot:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        pressure = None
+        try:
+            some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+            pressure = int(some.rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            pass
+        return cls(time.monotonic(), sum(fields[:8]) - idle, pressure)
+
+    def since(self, earlier: MachineSnapshot) -> dict[str, float | None]:
+        """``busy_cores``: cores busy on average (every process); ``cpu_pressure``: share of the
+        time some runnable task waited for a CPU (Linux PSI), None where PSI is missing."""
+        seconds = max(self.at - earlier.at, 1e-9)
+        busy = (self.busy_jiffies - earlier.busy_jiffies) / os.sysconf("SC_CLK_TCK") / seconds
+        pressure = None
+        if self.pressure_us is not None and earlier.pressure_us is not None:
+            pressure = (self.pressure_us - earlier.pressure_us) / 1e6 / seconds
+        return {"busy_cores": busy, "cpu_pressure": pressure}
+
+
 def load_average() -> float:
     """The machine's 1-minute load average: other work on the machine makes every figure noisier."""
     return float(Path("/proc/loadavg").read_text().split()[0])
@@ -180,6 +211,7 @@ class JobRun:
     cpu_user_seconds: float
     cpu_system_seconds: float
     load_before: float
+    machine: dict[str, float | None]
 
     @property
     def cpu_seconds(self) -> float:
@@ -197,6 +229,7 @@ def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> Jo
     """POST ``body`` and poll the status every ``poll`` seconds until the job is finished."""
     load_before = load_average()
     user_before, system_before = cpu_times(service.pid)
+    machine_before = MachineSnapshot.take()
     started = time.perf_counter()
     response = service.post_job(body)
     if response.status_code != 200:
@@ -211,6 +244,7 @@ def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> Jo
         if document["finished"]:
             seconds = time.perf_counter() - started
             user, system = cpu_times(service.pid)
+            machine = MachineSnapshot.take().since(machine_before)
             break
         if time.perf_counter() > deadline:
             raise ServiceError(f"job {job_id} not finished after {timeout:.0f} s: {document.get('progress')}")
@@ -233,6 +267,7 @@ def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> Jo
         user - user_before,
         system - system_before,
         load_before,
+        machine,
         counts,
         failures,
     )
