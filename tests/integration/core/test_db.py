@@ -146,7 +146,7 @@ async def test_json_metadata_round_trips_unicode_and_nesting(db: Database) -> No
 async def test_a_worker_on_a_host_with_a_long_name_can_lease_jobs(
     db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Kubernetes pod host names reach 63 characters; the lease owner column holds 64 (enforced by PostgreSQL)."""
+    """Kubernetes pod host names reach 63 characters; the lease owner must fit its column (PostgreSQL enforces it)."""
     monkeypatch.setattr(socket, "gethostname", lambda: "fileimport-worker-" + "x" * 45)
     owner = Worker(SimpleNamespace(settings=Settings(data_dir=tmp_path))).owner  # type: ignore[arg-type]
     project_id = await new_project_id(db)
