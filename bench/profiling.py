@@ -73,10 +73,6 @@ STAGES = [
     ("per file: other pipeline code", ["FileImporter.import_file"]),
     ("job start/finish (run_import_job, finish_job_if_done)", ["run_import_job", "finish_job_if_done"]),
     (
-        "SQLAlchemy sync code run in a greenlet (py-spy shows it without its caller; per-file _save mostly)",
-        ["sqlalchemy/"],
-    ),
-    (
         "API requests (the bench's status polls; auth, routing, JSON)",
         ["RequestResponseCycle", "import_status", "ServerErrorMiddleware"],
     ),
@@ -85,6 +81,12 @@ STAGES = [
         ["Worker._import_loop", "Worker._lease_loop", "Worker._webhook_loop"],
     ),
     ("aiosqlite connection thread (Python side)", ["_connection_worker_thread"]),
+    # SQLAlchemy's async layer runs its sync code in a greenlet, and py-spy
+    # shows that stack without the coroutine that awaits it.
+    (
+        "SQLAlchemy sync code in a greenlet, caller not visible (mostly the per-file _save)",
+        ["sqlalchemy/"],
+    ),
     ("event loop and callbacks (uvloop, asyncio, anyio glue)", ["Runner.run"]),
 ]
 LIBRARIES = [
