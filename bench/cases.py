@@ -38,6 +38,7 @@ class Settings:
     workdir: Path
     cases: frozenset[str]
     source: Path | None = None
+    measured: str = "work tree"
     log: Callable[[str], None] = print
 
 

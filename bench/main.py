@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         source, commit = export_source(args.at, workdir)
         info.update(commit=commit, src_uncommitted_changes=False, measured=f"git {args.at} = {commit}")
     else:
-        info["measured"] = "work tree"
+        dirty = " + uncommitted changes" if info["src_uncommitted_changes"] else ""
+        info["measured"] = f"work tree (commit {info['commit']}{dirty})"
     print(
         f"fileimport bench: {info['cores']} cores ({info['cpu']}), {info['memory_bytes'] / 2**30:.1f} GiB, "
         f"commit {info['commit']}{' + uncommitted src changes' if info['src_uncommitted_changes'] else ''}; "
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=workdir,
         cases=cases,
         source=source,
+        measured=info["measured"],
         log=lambda message: print(f"  {message}", flush=True),
     )
     document: dict[str, Any] = {

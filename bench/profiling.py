@@ -176,7 +176,8 @@ def profile_case(
     text = results_dir / f"profile-{case}-{backend}.txt"
     header = (
         f"Profile of case ({case}): {what}, `fileimport serve` ({backend} + local folder), "
-        f"concurrency {settings.concurrency} (worker = per origin), origin nginx on 127.0.0.1.\n"
+        f"concurrency {settings.concurrency} (worker = per origin), origin nginx on 127.0.0.1; "
+        f"src measured: {settings.measured}.\n"
         f"Without the profiler the job took {plain.seconds:.2f} s and the service used "
         f"{plain.cpu_seconds:.2f} s of CPU ({plain.cpu_seconds / plain.seconds:.0%} of one core).\n"
     )
