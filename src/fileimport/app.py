@@ -51,18 +51,24 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(media_routes.router)
     app.include_router(media_routes.assets_router)
     app.include_router(ops.router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """OpenAPI with the import body documented (the route reads the raw body itself)."""
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """OpenAPI with the import body documented (the route reads the raw body itself).
+
+    Error responses come from the routes (``error_responses``, the reference's
+    shape); FastAPI's own 422 ``HTTPValidationError`` is dropped because this
+    service answers invalid parameters with 400 in that shape.
+    """
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     request_schema = ImportRequest.model_json_schema(
         by_alias=True, ref_template="#/components/schemas/{model}"
     )
+    request_schema["properties"]["files"]["maxItems"] = settings.max_batch_files
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(request_schema.pop("$defs", {}))
     components["ImportRequest"] = request_schema
@@ -72,32 +78,31 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportRequest"}}},
     }
-    error = {
-        "type": "object",
-        "required": ["status", "error", "error_details"],
-        "properties": {
-            "status": {"type": "integer"},
-            "error": {"type": "string"},
-            "error_details": {"type": "object"},
-        },
-    }
-    components["Error"] = error
     for path in schema["paths"].values():
         for operation in path.values():
-            responses = operation.setdefault("responses", {})
-            responses.pop("422", None)
-            for code, text in (
-                ("400", "Bad request"),
-                ("401", "Missing or invalid token"),
-                ("403", "Missing scope"),
-                ("404", "Not found"),
-            ):
-                responses.setdefault(
-                    code,
-                    {
-                        "description": text,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    },
-                )
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _not_null(parameter["schema"])
+            responses = operation.get("responses", {})
+            if _is_fastapi_validation_error(responses.get("422")):
+                del responses["422"]
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
     app.openapi_schema = schema
     return schema
+
+
+def _is_fastapi_validation_error(response: dict[str, Any] | None) -> bool:
+    schema = (response or {}).get("content", {}).get("application/json", {}).get("schema", {})
+    return bool(schema.get("$ref", "").endswith("/HTTPValidationError"))
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``str | None`` parameters as plain optional strings: a query or header value is never null."""
+    variants = schema.get("anyOf")
+    if not variants:
+        return schema
+    kept = [v for v in variants if v != {"type": "null"}]
+    if len(kept) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**kept[0], **rest}

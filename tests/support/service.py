@@ -127,9 +127,13 @@ async def run_service(
     *,
     database_url: str | None = None,
     config: ProjectConfig | None = None,
+    run_worker: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[RunningService]:
-    """Migrate, create a tenant, serve on a free loopback port; stop on exit."""
+    """Migrate, create a tenant, serve on a free loopback port; stop on exit.
+
+    Without ``run_worker`` nothing is ever fetched: jobs are stored and stay queued.
+    """
     port = free_port()
     settings = Settings(
         data_dir=data_dir,
@@ -143,7 +147,7 @@ async def run_service(
     data_dir.mkdir(parents=True, exist_ok=True)
     await migrate_async(settings.resolved_database_url)
     tenant = await create_tenant(settings.resolved_database_url, "test", config)
-    app = create_app(settings)
+    app = create_app(settings, run_worker=run_worker)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
     )

@@ -4,11 +4,13 @@ Every error body is ``{"status": 400, "error": "Bad Request",
 "error_details": {...}}`` (Livingdocs Public API). Services raise
 ``ApiError`` subclasses; ``install_error_handlers`` turns them, FastAPI's own
 validation errors and Starlette's HTTP errors into that shape, and anything
-unexpected into a 500 without a stack trace.
+unexpected into a 500 without a stack trace. ``error_responses`` documents
+the shape in OpenAPI.
 """
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
@@ -16,9 +18,56 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
+
+# PostgreSQL stores no U+0000 in text or jsonb, so no input string may hold one.
+# As a JSON Schema ``pattern`` it documents the rule; ``validation_details`` words it.
+NUL_FREE_PATTERN = "^[^\\u0000]*$"
+NUL_MESSAGE = "must not contain NUL characters (U+0000)"
+SURROGATE_MESSAGE = "must be valid Unicode text, without unpaired UTF-16 surrogates"
+
+
+class ErrorBody(BaseModel):
+    """The reference's error shape; ``error_details`` maps each field path to its problem."""
+
+    status: int = Field(description="The HTTP status code.", examples=[400])
+    error: str = Field(description="The status code's reason phrase.", examples=["Bad Request"])
+    error_details: dict[str, Any] = Field(
+        description="Problems keyed by the field they concern (`files.3.url`, `Idempotency-Key`), "
+        "or `message`.",
+        examples=[{"files.3.url": "must be an absolute http or https URL"}],
+    )
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request: `error_details` names every problem by its field path",
+    401: "Missing, invalid or expired bearer token",
+    403: "The token lacks the operation's scope",
+    404: "Not found in the token's project",
+    413: "Request body larger than the configured limit",
+    415: "Request body is not UTF-8 JSON",
+    416: "Range outside the asset",
+    422: "Idempotency-Key already used with a different request body",
+    503: "Database or storage unreachable",
+}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer` challenge (RFC 6750)", "schema": {"type": "string"}}},
+    416: {"Content-Range": {"description": "`bytes */<size>`", "schema": {"type": "string"}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for ``codes``, each with the ErrorBody schema."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        response: dict[str, Any] = {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]}
+        if code in _ERROR_HEADERS:
+            response["headers"] = _ERROR_HEADERS[code]
+        responses[code] = response
+    return responses
 
 
 class ApiError(Exception):
@@ -79,10 +128,19 @@ def error_body(status_code: int, details: dict[str, Any] | None = None) -> dict[
     return {"status": status_code, "error": phrase, "error_details": details or {}}
 
 
+class ErrorJSONResponse(JSONResponse):
+    """JSON that renders any str, even one holding an unpaired surrogate echoed from the input."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        # Inside a JSON string, a surrogate's backslash escape is the JSON escape of it.
+        return text.encode("utf-8", "backslashreplace")
+
+
 def error_response(
     status_code: int, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(status_code, details), status_code=status_code, headers=headers)
+    return ErrorJSONResponse(error_body(status_code, details), status_code=status_code, headers=headers)
 
 
 def location_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
@@ -98,8 +156,56 @@ def validation_details(errors: list[Any]) -> dict[str, str]:
     details: dict[str, str] = {}
     for error in errors:
         path = location_path(tuple(error.get("loc", ())))
-        details.setdefault(path, str(error.get("msg", "is invalid")))
+        details.setdefault(path, validation_message(error))
     return details
+
+
+def validation_message(error: dict[str, Any]) -> str:
+    """A pydantic error as a short sentence about its field (``must be at most 255 characters``)."""
+    kind = error.get("type")
+    ctx = error.get("ctx") or {}
+    match kind:
+        case "missing":
+            return "is required"
+        case "string_type":
+            return "must be a string"
+        case "dict_type" | "model_type" | "model_attributes_type":
+            return "must be an object"
+        case "list_type":
+            return "must be an array"
+        case "string_unicode":
+            return SURROGATE_MESSAGE
+        case "string_too_short" if ctx.get("min_length") == 1:
+            return "must not be empty"
+        case "string_too_short":
+            return f"must be at least {ctx.get('min_length')} characters"
+        case "string_too_long":
+            return f"must be at most {ctx.get('max_length')} characters"
+        case "too_short":
+            count = ctx.get("min_length")
+            return f"must have at least {count} item{'' if count == 1 else 's'}"
+        case "too_long":
+            return f"must have at most {ctx.get('max_length')} items"
+        case "string_pattern_mismatch" if ctx.get("pattern") == NUL_FREE_PATTERN:
+            return NUL_MESSAGE
+        case "string_pattern_mismatch":
+            return f"must match the pattern {ctx.get('pattern')}"
+        case "value_error":
+            return str(ctx.get("error", error.get("msg", "is invalid")))
+    return str(error.get("msg", "is invalid"))
+
+
+def reject_repeated_query_parameters(request: Request) -> None:
+    """A dependency: 400 naming each query parameter given more than once (``?id=a&id=b``).
+
+    Starlette would silently use the last value; for a job id or a lookup key
+    that hides a client's bug. Declare it after the auth dependency so a
+    request without a token still gets 401.
+    """
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValidationFailed({name: "must be given once" for name in repeated})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from fileimport.auth.dependencies import get_runtime
-from fileimport.core.errors import NotReady
+from fileimport.core.errors import NotReady, error_responses
 from fileimport.core.runtime import Runtime
 
 router = APIRouter(tags=["operations"])
@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Database and storage are reachable")
+@router.get("/readyz", summary="Database and storage are reachable", responses=error_responses(503))
 async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
     problems: dict[str, str] = {}
     try:
@@ -37,6 +37,11 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from fileimport.core.urls import check_http_url
+from fileimport.core.errors import NUL_FREE_PATTERN
+from fileimport.core.urls import MAX_URL_LENGTH, check_http_url
 from fileimport.imports.states import FileStatus, JobState
 
 MAX_CONTEXT_BYTES = 8192
@@ -21,7 +22,12 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+# The JSON Schema states the outline; ``check_http_url`` has the last word.
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_http_url),
+    Field(json_schema_extra={"maxLength": MAX_URL_LENGTH, "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s]"}),
+]
 
 
 class ImportFileSpec(BaseModel):
@@ -30,21 +36,55 @@ class ImportFileSpec(BaseModel):
     model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=False)
 
     url: HttpUrl = Field(description="Absolute http(s) URL, at most 2048 characters.")
-    id: str = Field(min_length=1, max_length=255, description="Stored as externalId.")
-    file_name: str = Field(alias="fileName", min_length=1, max_length=255)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    media_type: str | None = Field(default=None, alias="mediaType", min_length=1, max_length=100)
+    id: str = Field(
+        min_length=1, max_length=255, pattern=NUL_FREE_PATTERN, description="Stored as externalId."
+    )
+    file_name: str = Field(
+        alias="fileName",
+        min_length=1,
+        max_length=255,
+        pattern=NUL_FREE_PATTERN,
+        description="The entry's title and the base of its download file name.",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields of the media type's metadata configuration; no NUL characters.",
+    )
+    media_type: str | None = Field(
+        default=None,
+        alias="mediaType",
+        min_length=1,
+        max_length=100,
+        pattern=NUL_FREE_PATTERN,
+        description="Handle of a configured media type; chosen from the sniffed bytes when absent.",
+    )
+
+
+# The reference's example request.
+REFERENCE_EXAMPLE: dict[str, Any] = {
+    "systemName": "identifier-for-your-system",
+    "webhook": "https://my-domain.com/webhooks/file-import",
+    "context": {"myIdentifier": "some-identifier-sent-to-the-webhook"},
+    "files": [
+        {
+            "url": "https://placekitten.com/800/600",
+            "id": "123abc",
+            "fileName": "cat",
+            "metadata": {"caption": "foo"},
+        }
+    ],
+}
 
 
 class ImportRequest(BaseModel):
     """Body of ``POST /api/v1/import/files``."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra={"examples": [REFERENCE_EXAMPLE]})
 
-    system_name: str = Field(alias="systemName", min_length=1, max_length=255)
-    webhook: HttpUrl | None = None
+    system_name: str = Field(alias="systemName", min_length=1, max_length=255, pattern=NUL_FREE_PATTERN)
+    webhook: HttpUrl | None = Field(default=None, description="Notified by POST when the job finishes.")
     context: dict[str, Any] | None = Field(
-        default=None, description="Passed to the webhook; compact JSON at most 8192 bytes."
+        default=None, description="Passed to the webhook; compact JSON at most 8192 bytes, no NUL characters."
     )
     files: list[ImportFileSpec] = Field(min_length=1)
 

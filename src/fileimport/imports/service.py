@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import Principal
 from fileimport.core.db import new_id, utcnow
-from fileimport.core.errors import NotFound, Unprocessable, ValidationFailed, validation_details
+from fileimport.core.errors import (
+    NUL_MESSAGE,
+    SURROGATE_MESSAGE,
+    NotFound,
+    Unprocessable,
+    ValidationFailed,
+    validation_details,
+)
 from fileimport.imports import repository
 from fileimport.imports.models import IdempotencyKey, ImportJob
 from fileimport.imports.schemas import FileResult, ImportRequest, JobStatus, Progress, WebhookStatus
@@ -23,15 +30,24 @@ from fileimport.imports.states import FileStatus, JobState
 from fileimport.projects.config import ProjectConfig
 from fileimport.webhooks import repository as webhook_repository
 
+# Deeper JSON than this is no metadata or webhook context a person wrote.
+MAX_JSON_DEPTH = 32
+DEPTH_MESSAGE = f"must not nest deeper than {MAX_JSON_DEPTH} levels"
+
 
 def validate_import_request(data: Any, config: ProjectConfig, max_batch_files: int) -> ImportRequest:
     """Parse a decoded JSON body into an ImportRequest.
 
     Raises ValidationFailed whose details name every problem by path
-    (``files.3.url``, ``files.7.metadata.title``): schema errors, more than
-    ``max_batch_files`` files, duplicate ids, unknown media types and
-    metadata that the media type does not accept.
+    (``files.3.url``, ``files.7.metadata.title``): strings no database can
+    store (NUL, unpaired surrogates) anywhere in the body, nesting deeper than
+    ``MAX_JSON_DEPTH``, schema errors, more than ``max_batch_files`` files,
+    duplicate ids, unknown media types and metadata that the media type does
+    not accept.
     """
+    text_problems = json_text_problems(data)
+    if any(problem == DEPTH_MESSAGE for problem in text_problems.values()):
+        raise ValidationFailed(text_problems)  # deep JSON would only exhaust the validators' recursion
     details: dict[str, str] = {}
     request: ImportRequest | None = None
     try:
@@ -43,15 +59,59 @@ def validate_import_request(data: Any, config: ProjectConfig, max_batch_files: i
     if isinstance(raw_files, list):
         if len(raw_files) > max_batch_files:
             details["files"] = f"must have at most {max_batch_files} items, has {len(raw_files)}"
-        details.update(_batch_problems(raw_files, config))
+        for path, problem in _batch_problems(raw_files, config).items():
+            if _text_problem(path) is None:  # a key that cannot be stored is named by its object
+                details[path] = problem
+    details.update(text_problems)
     if details:
         raise ValidationFailed(dict(sorted(details.items(), key=lambda kv: _path_key(kv[0]))))
     assert request is not None  # noqa: S101 - no details means the model validated
     return request
 
 
+def json_text_problems(data: Any) -> dict[str, str]:
+    """Problems that no schema catches, keyed by path: text PostgreSQL cannot store, and depth.
+
+    Any string or object key holding U+0000 or an unpaired UTF-16 surrogate
+    (JSON can escape either) is named: a value by its own path, a key by its
+    object's path. Containers deeper than ``MAX_JSON_DEPTH`` are named once.
+    """
+    problems: dict[str, str] = {}
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        where = path or "body"
+        if isinstance(value, str):
+            if problem := _text_problem(value):
+                problems.setdefault(where, problem)
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                problems.setdefault(where, DEPTH_MESSAGE)
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and (problem := _text_problem(key)):
+                    problems.setdefault(where, f"keys {problem}")
+                    continue
+                stack.append((f"{path}.{key}" if path else str(key), item, depth + 1))
+    return problems
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_MESSAGE
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATE_MESSAGE
+    return None
+
+
 def _path_key(path: str) -> tuple[Any, ...]:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
+    # List positions sort as numbers; a metadata key such as "¹" or "9" * 5000 sorts as text.
+    return tuple(
+        (0, int(p), "") if p.isascii() and p.isdigit() and len(p) < 10 else (1, 0, p) for p in path.split(".")
+    )
 
 
 def _batch_problems(raw_files: list[Any], config: ProjectConfig) -> dict[str, str]:

@@ -4,66 +4,119 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from fileimport.auth.dependencies import get_runtime, require_scope
 from fileimport.auth.service import SCOPE_READ, Principal
-from fileimport.core.errors import ApiError, NotFound, ValidationFailed
+from fileimport.core.errors import (
+    NUL_FREE_PATTERN,
+    ApiError,
+    NotFound,
+    ValidationFailed,
+    error_responses,
+    reject_repeated_query_parameters,
+)
 from fileimport.core.runtime import Runtime
 from fileimport.media import repository
 from fileimport.media.schemas import MediaEntryList, MediaEntryOut
 from fileimport.media.service import download_filename, to_schema
 
-router = APIRouter(prefix="/api/v1/mediaLibrary", tags=["media library"])
+router = APIRouter(
+    prefix="/api/v1/mediaLibrary", tags=["media library"], responses=error_responses(400, 401, 403)
+)
 assets_router = APIRouter(tags=["assets"])
 
 MAX_IDS = 100
+MAX_ID_LENGTH = 255
+MediaId = Annotated[
+    str,
+    Path(alias="mediaId", min_length=1, max_length=MAX_ID_LENGTH, pattern=NUL_FREE_PATTERN),
+]
 # Types a browser could run as a document: served as attachments in a sandbox.
 ACTIVE_CONTENT = ("image/svg+xml", "text/html", "application/xhtml+xml", "text/xml", "application/xml")
 RESTRICTIVE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
-@router.get("/{media_id}", response_model=MediaEntryOut, summary="Get a media library entry")
+@router.get(
+    "/{mediaId}",
+    response_model=MediaEntryOut,
+    operation_id="getMediaLibraryEntry",
+    summary="Get a media library entry",
+    responses=error_responses(404),
+)
 async def get_media_entry(
-    media_id: str,
+    media_id: MediaId,
     principal: Annotated[Principal, Depends(require_scope(SCOPE_READ))],
     runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> MediaEntryOut:
     async with runtime.db.sessionmaker() as session:
         entry = await repository.get_entry(session, principal.project_id, media_id)
     if entry is None:
-        raise NotFound({"id": f"no media library entry '{media_id}'"})
+        raise NotFound({"mediaId": f"no media library entry '{media_id}'"})
     return to_schema(entry, runtime.settings.public_url)
 
 
-@router.get("", response_model=MediaEntryList, summary="Find media library entries")
+@router.get(
+    "",
+    response_model=MediaEntryList,
+    operation_id="findMediaLibraryEntries",
+    summary="Find media library entries",
+)
 async def find_media_entries(
     principal: Annotated[Principal, Depends(require_scope(SCOPE_READ))],
     runtime: Annotated[Runtime, Depends(get_runtime)],
-    system_name: Annotated[str | None, Query(alias="systemName", max_length=255)] = None,
-    external_id: Annotated[str | None, Query(alias="externalId", max_length=255)] = None,
-    ids: Annotated[str | None, Query(description="Comma-separated media ids (at most 100).")] = None,
+    _single: Annotated[None, Depends(reject_repeated_query_parameters)],
+    system_name: Annotated[
+        str | None, Query(alias="systemName", min_length=1, max_length=255, pattern=NUL_FREE_PATTERN)
+    ] = None,
+    external_id: Annotated[
+        str | None, Query(alias="externalId", min_length=1, max_length=255, pattern=NUL_FREE_PATTERN)
+    ] = None,
+    ids: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_IDS * (MAX_ID_LENGTH + 1),
+            pattern=NUL_FREE_PATTERN,
+            description=f"Comma-separated media ids (at most {MAX_IDS}); instead of systemName and externalId.",
+        ),
+    ] = None,
 ) -> MediaEntryList:
-    async with runtime.db.sessionmaker() as session:
-        if ids is not None:
-            wanted = [i for i in (part.strip() for part in ids.split(",")) if i]
-            if not wanted or len(wanted) > MAX_IDS:
-                raise ValidationFailed({"ids": f"must list 1 to {MAX_IDS} ids"})
+    """Entries by ``ids``, or the entry of ``systemName`` and ``externalId``; ValidationFailed otherwise."""
+    if ids is not None:
+        wanted = [i for i in (part.strip() for part in ids.split(",")) if i]
+        if not wanted or len(wanted) > MAX_IDS:
+            raise ValidationFailed({"ids": f"must list 1 to {MAX_IDS} ids"})
+        async with runtime.db.sessionmaker() as session:
             entries = await repository.list_entries_by_ids(session, principal.project_id, wanted)
-        elif system_name and external_id:
+    else:
+        if system_name is None or external_id is None:
+            raise ValidationFailed(_missing_key_problem(system_name, external_id))
+        async with runtime.db.sessionmaker() as session:
             entry = await repository.get_entry_by_key(session, principal.project_id, system_name, external_id)
-            entries = [entry] if entry else []
-        else:
-            raise ValidationFailed({"query": "give systemName and externalId, or ids"})
+        entries = [entry] if entry else []
     public_url = runtime.settings.public_url
     return MediaEntryList(media_library_entries=[to_schema(e, public_url) for e in entries])
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+def _missing_key_problem(system_name: str | None, external_id: str | None) -> dict[str, str]:
+    if system_name is not None:
+        return {"externalId": "is required with systemName"}
+    if external_id is not None:
+        return {"systemName": "is required with externalId"}
+    return {"query": "give systemName and externalId, or ids"}
+
+
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+# More digits than this name a position beyond any stored asset (and int() refuses 4300+ digits).
+_MAX_POSITION_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -78,12 +131,12 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         return None
     first, last = match.groups()
     if first:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
+        start = _position(first)
+        end = min(_position(last) + 1, size) if last else size
+        if last and _position(last) < start:
             return None
     else:
-        start, end = max(0, size - int(last)), size
+        start, end = max(0, size - _position(last)), size
     if start >= size or start >= end:
         raise RangeNotSatisfiable(size)
     return start, end
@@ -98,24 +151,51 @@ class RangeNotSatisfiable(ApiError):
         )
 
 
-@assets_router.api_route(
-    "/assets/{media_id}/{filename}",
-    methods=["GET", "HEAD"],
-    summary="Download an entry's bytes",
-    response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
-)
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+_ASSET_HEADERS = {
+    "ETag": _header("The quoted SHA-256 of the bytes"),
+    "Accept-Ranges": _header("`bytes`"),
+    "Content-Disposition": _header("`inline` or, for active content, `attachment`, with the file name"),
+    "X-Content-Type-Options": _header("`nosniff`"),
+    "Cache-Control": _header("`private, max-age=300`"),
+    "Content-Security-Policy": _header("Restrictive policy for SVG and HTML-like types"),
+}
+_BYTES = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+_ASSET_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The bytes, with the entry's MIME type",
+        "content": _BYTES,
+        "headers": _ASSET_HEADERS,
+    },
+    206: {
+        "description": "The requested byte range (RFC 9110 §14)",
+        "content": _BYTES,
+        "headers": {**_ASSET_HEADERS, "Content-Range": _header("`bytes <first>-<last>/<size>`")},
+    },
+    304: {"description": "Not modified: If-None-Match names the ETag", "headers": _ASSET_HEADERS},
+    **error_responses(400, 404, 416),
+}
+
+
 async def download_asset(
-    media_id: str,
-    filename: str,
+    media_id: MediaId,
+    filename: Annotated[str, Path(description="Any name; the download's name comes from the entry.")],
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
+    range_header: Annotated[
+        str | None, Header(alias="Range", description="One `bytes=` range (RFC 9110 §14.2).")
+    ] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The stored bytes; the media id in the path is the capability (128 random bits)."""
     async with runtime.db.sessionmaker() as session:
         entry = await repository.get_entry_by_id(session, media_id)
     if entry is None:
-        raise NotFound({"id": f"no asset for '{media_id}'"})
+        raise NotFound({"mediaId": f"no asset for '{media_id}'"})
     size = entry.size
     etag = f'"{entry.sha256}"'
     name = download_filename(entry)
@@ -129,11 +209,10 @@ async def download_asset(
     }
     if active:
         headers["Content-Security-Policy"] = RESTRICTIVE_CSP
-    if request.headers.get("if-none-match") in (etag, entry.sha256):
+    if if_none_match in (etag, entry.sha256):
         return Response(status_code=304, headers=headers)
     byte_range = None
-    range_header = request.headers.get("range")
-    if range_header and request.headers.get("if-range", etag) == etag:
+    if range_header and (if_range is None or if_range == etag):
         byte_range = parse_range(range_header, size)
     start, end = byte_range or (0, size)
     headers["Content-Length"] = str(end - start)
@@ -149,3 +228,16 @@ async def download_asset(
     if request.method == "HEAD" or size == 0:
         return Response(status_code=status, headers=headers, media_type=entry.mime_type)
     return StreamingResponse(body(), status_code=status, headers=headers, media_type=entry.mime_type)
+
+
+# GET and HEAD are separate operations so that each has its own OpenAPI operationId.
+for _method in ("GET", "HEAD"):
+    assets_router.add_api_route(
+        "/assets/{mediaId}/{filename}",
+        download_asset,
+        methods=[_method],
+        operation_id=f"{_method.lower()}Asset",
+        summary="Download an entry's bytes" if _method == "GET" else "An entry's download headers",
+        response_class=Response,
+        responses=_ASSET_RESPONSES,
+    )
