@@ -27,6 +27,7 @@ from fileimport.core.fetcher import OriginFetcher
 from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
+from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.tasks import run_import_job
 from fileimport.webhooks.tasks import deliver_due_webhooks, seconds_until_next_delivery
 
@@ -61,10 +62,11 @@ class Worker:
         log.info("worker.started", owner=self.owner, abandoned_spool_files_removed=removed)
         async with (
             OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
+            ResultRecorder(self.runtime.db) as recorder,
             webhook_client,
             anyio.create_task_group() as tg,
         ):
-            importer = FileImporter(self.runtime, fetcher)
+            importer = FileImporter(self.runtime, fetcher, recorder)
             tg.start_soon(self._import_loop, importer, tg)
             tg.start_soon(self._lease_loop)
             tg.start_soon(self._webhook_loop, webhook_client)

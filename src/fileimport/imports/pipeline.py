@@ -15,27 +15,18 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from fileimport.core.db import utcnow
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
 from fileimport.core.probe import ContentProbe, ProbeError, probe_file, sniff_mime_type
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import blob_key
-from fileimport.imports import repository
 from fileimport.imports.models import ImportFile
+from fileimport.imports.recorder import ResultAlreadyRecorded, ResultRecorder
 from fileimport.imports.states import FileStatus
 from fileimport.media.models import MediaEntry
-from fileimport.media.service import (
-    EntryChange,
-    OriginValidators,
-    StoredAsset,
-    UpsertAction,
-    upsert_entry,
-)
+from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset
 from fileimport.projects.config import MediaTypeConfig, ProjectConfig
 
 log = structlog.get_logger(__name__)
-
-REASON_ALREADY_EXISTS = "already exists"
 
 
 class FileRejected(Exception):
@@ -45,10 +36,6 @@ class FileRejected(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-class ResultAlreadyRecorded(Exception):
-    """Another worker gave this file its final result first (after a lease expired)."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +59,10 @@ def _size(n: int) -> str:
 class FileImporter:
     """Imports single files of a job; safe to call concurrently."""
 
-    def __init__(self, runtime: Runtime, fetcher: OriginFetcher) -> None:
+    def __init__(self, runtime: Runtime, fetcher: OriginFetcher, recorder: ResultRecorder) -> None:
         self.runtime = runtime
         self.fetcher = fetcher
+        self.recorder = recorder
 
     async def import_file(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.
@@ -222,34 +210,17 @@ class FileImporter:
             metadata=file.metadata_,
             media_type=media_type.handle,
         )
-        async with self.runtime.db.transaction() as session:
-            outcome = await upsert_entry(session, ctx.project_id, change, asset, origin)
-            unchanged = outcome.action is UpsertAction.UNCHANGED
-            status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
-            recorded = await repository.record_file_result(
-                session,
-                file.id,
-                status,
-                attempts=attempts,
-                finished_at=utcnow(),
-                media_id=outcome.media_id,
-                reason=REASON_ALREADY_EXISTS if unchanged else None,
-            )
-            if not recorded:
-                raise ResultAlreadyRecorded(file.id)
-        return status, outcome.media_id, attempts
+        recorded = await self.recorder.record_import(
+            ctx.project_id, file.id, EntryImport(change, asset, origin), attempts
+        )
+        assert recorded.media_id is not None  # noqa: S101 - an import always names its entry
+        return recorded.status, recorded.media_id, attempts
 
     async def _record_failure(
         self, ctx: JobContext, file: ImportFile, code: str, reason: str, attempts: int
     ) -> FileStatus:
-        async with self.runtime.db.transaction() as session:
-            await repository.record_file_result(
-                session,
-                file.id,
-                FileStatus.FAILED,
-                attempts=attempts,
-                finished_at=utcnow(),
-                code=code,
-                reason=reason,
-            )
+        try:
+            await self.recorder.record_failure(ctx.project_id, file.id, code, reason, attempts)
+        except ResultAlreadyRecorded:
+            log.info("import.file.already_recorded", job_id=ctx.job_id, external_id=file.external_id)
         return FileStatus.FAILED

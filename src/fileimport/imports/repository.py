@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.imports.models import IdempotencyKey, ImportFile, ImportJob
@@ -48,33 +48,6 @@ async def list_pending_files(session: AsyncSession, job_id: str, limit: int) -> 
         .limit(limit)
     )
     return rows.scalars().all()
-
-
-async def record_file_result(
-    session: AsyncSession,
-    file_id: int,
-    status: FileStatus,
-    *,
-    attempts: int,
-    finished_at: datetime,
-    media_id: str | None = None,
-    code: str | None = None,
-    reason: str | None = None,
-) -> bool:
-    """Give a pending file its final result; False when it already had one."""
-    result = await session.execute(
-        update(ImportFile)
-        .where(ImportFile.id == file_id, ImportFile.status == FileStatus.PENDING)
-        .values(
-            status=status,
-            media_id=media_id,
-            code=code,
-            reason=reason,
-            attempts=attempts,
-            finished_at=finished_at,
-        )
-    )
-    return bool(getattr(result, "rowcount", 0))
 
 
 async def fail_pending_files(
@@ -149,3 +122,36 @@ async def get_idempotency_key(session: AsyncSession, project_id: int, key: str) 
 
 async def delete_idempotency_key(session: AsyncSession, key_id: int) -> None:
     await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id))
+
+
+async def lock_pending_files(session: AsyncSession, file_ids: Sequence[int]) -> set[int]:
+    """Which of ``file_ids`` still have no result, locked until the transaction ends."""
+    rows = await session.execute(
+        select(ImportFile.id)
+        .where(ImportFile.id.in_(file_ids), ImportFile.status == FileStatus.PENDING)
+        .with_for_update()
+    )
+    return set(rows.scalars())
+
+
+_files = ImportFile.__table__
+assert isinstance(_files, Table)  # noqa: S101 - a declarative class maps a Table
+_RECORD_RESULT = (
+    update(_files)
+    .where(_files.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        media_id=bindparam("b_media_id"),
+        code=bindparam("b_code"),
+        reason=bindparam("b_reason"),
+        attempts=bindparam("b_attempts"),
+        finished_at=bindparam("b_finished_at"),
+    )
+)
+
+
+async def record_file_results(session: AsyncSession, results: Sequence[dict[str, Any]]) -> None:
+    """Write final results in one executemany; each dict has ``id``, ``status``, ``media_id``,
+    ``code``, ``reason``, ``attempts``, ``finished_at``. The caller locked the rows as pending."""
+    if results:
+        await session.execute(_RECORD_RESULT, [{f"b_{k}": v for k, v in r.items()} for r in results])

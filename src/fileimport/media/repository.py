@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.media.models import MediaEntry
@@ -68,3 +68,20 @@ async def count_references(session: AsyncSession, asset_keys: Sequence[str]) -> 
         .group_by(MediaEntry.asset_key)
     )
     return {key: count for key, count in rows}
+
+
+async def lock_entries_by_keys(
+    session: AsyncSession, project_id: int, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], MediaEntry]:
+    """Entries by (system name, external id), locked for update (PostgreSQL; SQLite locks the database)."""
+    if not keys:
+        return {}
+    rows = await session.execute(
+        select(MediaEntry)
+        .where(
+            MediaEntry.project_id == project_id,
+            tuple_(MediaEntry.system_name, MediaEntry.external_id).in_(sorted(keys)),
+        )
+        .with_for_update()
+    )
+    return {(e.system_name, e.external_id): e for e in rows.scalars()}

@@ -8,6 +8,7 @@ changed: update in place, same id, ``version`` + 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -126,14 +127,7 @@ async def upsert_entry(
     if entry is None:
         if asset is None:
             raise LookupError("304 Not Modified for an entry that does not exist")
-        entry = MediaEntry(
-            id=new_id("m_"),
-            project_id=project_id,
-            system_name=change.system_name,
-            external_id=change.external_id,
-            version=1,
-        )
-        _apply(entry, change, asset, origin)
+        entry = _new_entry(project_id, change, asset, origin)
         try:
             async with session.begin_nested():
                 session.add(entry)
@@ -156,6 +150,70 @@ async def upsert_entry(
     entry.updated_at = utcnow()
     await session.flush()
     return UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED)
+
+
+@dataclass(frozen=True)
+class EntryImport:
+    """One import's change to the library: ``asset`` None means 304 Not Modified."""
+
+    change: EntryChange
+    asset: StoredAsset | None
+    origin: OriginValidators
+
+
+async def upsert_entries(
+    session: AsyncSession, project_id: int, imports: Sequence[EntryImport]
+) -> list[UpsertOutcome]:
+    """``upsert_entry`` for many imports in one round of statements; flushes, never commits.
+
+    One locking SELECT for every key, then the new entries in one flush and
+    the changed ones in another; outcomes in the order of ``imports``. A key
+    named twice is created by the first and updated or left by the second.
+    Raises IntegrityError when a concurrent transaction created one of the
+    keys first: the caller retries those imports one by one (``upsert_entry``).
+    """
+    keys = {(i.change.system_name, i.change.external_id) for i in imports}
+    entries = await repository.lock_entries_by_keys(session, project_id, keys)
+    created: list[MediaEntry] = []
+    outcomes: list[UpsertOutcome] = []
+    for item in imports:
+        change, asset = item.change, item.asset
+        key = (change.system_name, change.external_id)
+        entry = entries.get(key)
+        if entry is None:
+            if asset is None:
+                raise LookupError("304 Not Modified for an entry that does not exist")
+            entry = _new_entry(project_id, change, asset, item.origin)
+            entries[key] = entry
+            created.append(entry)
+            outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.CREATED))
+        elif not _differs(entry, change, asset):
+            entry.origin_etag, entry.origin_last_modified = _storable(item.origin)
+            outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED))
+        else:
+            _apply(entry, change, asset, item.origin)
+            entry.version += 1
+            entry.updated_at = utcnow()
+            outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED))
+    if created:
+        async with session.begin_nested():
+            session.add_all(created)
+    await session.flush()
+    return outcomes
+
+
+def _new_entry(
+    project_id: int, change: EntryChange, asset: StoredAsset, origin: OriginValidators
+) -> MediaEntry:
+    entry = MediaEntry(
+        id=new_id("m_"),
+        project_id=project_id,
+        system_name=change.system_name,
+        external_id=change.external_id,
+        version=1,
+    )
+    _apply(entry, change, asset, origin)
+    return entry
 
 
 def asset_url(public_url: str, entry: MediaEntry) -> str:

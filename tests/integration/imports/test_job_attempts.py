@@ -14,6 +14,7 @@ from fileimport.core.settings import Settings
 from fileimport.imports import repository
 from fileimport.imports.models import ImportJob
 from fileimport.imports.pipeline import FileImporter
+from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
 from fileimport.imports.states import FileStatus, JobState
@@ -49,8 +50,13 @@ async def test_job_past_its_attempts_fails_its_pending_files_and_schedules_the_w
             # Three leases taken, none finished: the third is past job_max_attempts=2.
             await session.execute(update(ImportJob).where(ImportJob.id == job_id).values(attempts=3))
 
-        async with OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher:
-            await run_import_job(runtime, FileImporter(runtime, fetcher), job_id, anyio.Semaphore(4))
+        async with (
+            OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher,
+            ResultRecorder(runtime.db) as recorder,
+        ):
+            await run_import_job(
+                runtime, FileImporter(runtime, fetcher, recorder), job_id, anyio.Semaphore(4)
+            )
 
         async with runtime.db.transaction() as session:
             job = await repository.get_job(session, job_id)

@@ -1,0 +1,175 @@
+"""Recording files' final results with group commit.
+
+Each file's result and its media library change are written in the same
+transaction, so a file is either finished with its entry in place or still
+pending (SPEC.md: nothing half done after a crash). Committing one
+transaction per file made the database the bottleneck (bench case (a):
+SQLite's write lock queued every file behind the others), so results that
+are ready at the same time share one transaction: while one batch is being
+written, the next ones queue, and the next transaction takes all of them
+(up to ``max_batch``). A caller's ``record_*`` returns only once its result
+is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from fileimport.core.db import Database, utcnow
+from fileimport.imports import repository
+from fileimport.imports.states import FileStatus
+from fileimport.media.service import EntryImport, UpsertAction, upsert_entries
+
+log = structlog.get_logger(__name__)
+
+REASON_ALREADY_EXISTS = "already exists"
+
+
+class ResultAlreadyRecorded(Exception):
+    """Another worker gave this file its final result first (after a lease expired)."""
+
+
+@dataclass(frozen=True)
+class RecordedResult:
+    status: FileStatus
+    media_id: str | None
+
+
+@dataclass
+class _Item:
+    project_id: int
+    file_id: int
+    attempts: int
+    entry_import: EntryImport | None = None
+    code: str | None = None
+    reason: str | None = None
+    done: asyncio.Future[RecordedResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class ResultRecorder:
+    """Writes file results in shared transactions; use as an async context manager."""
+
+    def __init__(self, db: Database, *, max_batch: int = 200) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._run)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None  # noqa: S101 - entered
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    async def record_import(
+        self, project_id: int, file_id: int, entry_import: EntryImport, attempts: int
+    ) -> RecordedResult:
+        """Apply the entry change and give the file ``success`` (or ``skipped`` when nothing changed).
+
+        Raises ResultAlreadyRecorded when the file already had a result.
+        """
+        return await self._submit(_Item(project_id, file_id, attempts, entry_import=entry_import))
+
+    async def record_failure(
+        self, project_id: int, file_id: int, code: str, reason: str, attempts: int
+    ) -> RecordedResult:
+        """Give the file ``failed`` with ``code`` and ``reason``; raises ResultAlreadyRecorded."""
+        return await self._submit(_Item(project_id, file_id, attempts, code=code, reason=reason))
+
+    async def _submit(self, item: _Item) -> RecordedResult:
+        if self._task_group is None:
+            raise RuntimeError("ResultRecorder used outside 'async with'")
+        self._queue.put_nowait(item)
+        return await item.done
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                # One item's fault (or a key created concurrently by another
+                # worker) must not fail the others: write them one by one.
+                log.info("import.results.batch_retried", size=len(batch), error=type(exc).__name__)
+                for item in batch:
+                    await self._write_alone(item)
+
+    async def _write_alone(self, item: _Item) -> None:
+        for attempt in (1, 2):
+            try:
+                await self._write([item])
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    item.done.set_exception(RuntimeError("the entry's key kept being created concurrently"))
+            except Exception as exc:
+                item.done.set_exception(exc)
+                return
+
+    async def _write(self, batch: list[_Item]) -> None:
+        now = utcnow()
+        resolved: list[tuple[_Item, RecordedResult | None]] = []
+        async with self._db.transaction() as session:
+            pending = await repository.lock_pending_files(session, [i.file_id for i in batch])
+            live = [i for i in batch if i.file_id in pending]
+            resolved.extend((i, None) for i in batch if i.file_id not in pending)
+            by_project: dict[int, list[_Item]] = defaultdict(list)
+            for item in live:
+                if item.entry_import is not None:
+                    by_project[item.project_id].append(item)
+            rows: list[dict[str, Any]] = []
+            for project_id, items in by_project.items():
+                outcomes = await upsert_entries(
+                    session, project_id, [i.entry_import for i in items if i.entry_import]
+                )
+                for item, outcome in zip(items, outcomes, strict=True):
+                    unchanged = outcome.action is UpsertAction.UNCHANGED
+                    status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
+                    reason = REASON_ALREADY_EXISTS if unchanged else None
+                    rows.append(_row(item, status, outcome.media_id, None, reason, now))
+                    resolved.append((item, RecordedResult(status, outcome.media_id)))
+            for item in live:
+                if item.entry_import is None:
+                    rows.append(_row(item, FileStatus.FAILED, None, item.code, item.reason, now))
+                    resolved.append((item, RecordedResult(FileStatus.FAILED, None)))
+            await repository.record_file_results(session, rows)
+        for item, result in resolved:
+            if item.done.done():
+                continue
+            if result is None:
+                item.done.set_exception(ResultAlreadyRecorded(item.file_id))
+            else:
+                item.done.set_result(result)
+
+
+def _row(
+    item: _Item, status: FileStatus, media_id: str | None, code: str | None, reason: str | None, now: Any
+) -> dict[str, Any]:
+    return {
+        "id": item.file_id,
+        "status": status,
+        "media_id": media_id,
+        "code": code,
+        "reason": reason,
+        "attempts": item.attempts,
+        "finished_at": now,
+    }
