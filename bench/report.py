@@ -91,15 +91,24 @@ def _rss(case: dict[str, Any] | None) -> str:
     )
 
 
+def _binary(n: int) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
+
+
 def table(columns: dict[str, tuple[str, dict[str, Any]]], info: dict[str, Any]) -> str:
     """Rows are the figures; one column per backend (label, results)."""
     a_files = info.get("a_files", 1000)
     b_files, b_mb = info.get("b_files", 0), info.get("b_bytes", 0) / MB
-    c_mb = info.get("c_bytes", 0) / MB
+    c_bytes = info.get("c_bytes", 0)
+    c_mb = c_bytes / MB
     rows: list[tuple[str, Callable[[dict[str, Any]], str], str | None]] = [
         (f"(a) {a_files} icons, files/s", lambda r: _throughput(r.get("a"), "files/s", 0), "a"),
         (f"(b) {b_files} images ({b_mb:.1f} MB), MB/s", lambda r: _throughput(r.get("b"), "MB/s", 1), "b"),
-        (f"(c) one {c_mb:,.0f} MB file, MB/s", lambda r: _throughput(r.get("c"), "MB/s", 0), "c"),
+        (
+            f"(c) one {_binary(c_bytes)} file ({c_mb:,.0f} MB), MB/s",
+            lambda r: _throughput(r.get("c"), "MB/s", 0),
+            "c",
+        ),
         ("(c) service peak RSS, MB", lambda r: _rss(r.get("c")), "c_rss"),
         (f"(d) POST {a_files} files, ms", lambda r: _latency(r.get("d_post")), "d_post"),
         (f"(d) status, finished {a_files}-file job, ms", lambda r: _latency(r.get("d_status")), "d_status"),
