@@ -71,6 +71,7 @@ def main() -> int:
         FILEIMPORT_DATA_DIR=str(DATA_DIR),
         FILEIMPORT_PUBLIC_URL=f"http://127.0.0.1:{port}",
         FILEIMPORT_FETCH_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
+        FILEIMPORT_FETCH_BLOCK_PUBLIC="true",
         FILEIMPORT_LOG_LEVEL="WARNING",
     )
     origin = start(ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(SAMPLES))))

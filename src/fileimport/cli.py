@@ -7,15 +7,16 @@ service settings come from ``FILEIMPORT_*`` variables (see the README).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import anyio
 import typer
 import yaml
 from pydantic import ValidationError
@@ -90,6 +91,7 @@ def serve(
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # configure_logging has routed uvicorn's loggers already
         timeout_graceful_shutdown=10,
     )
 
@@ -106,12 +108,18 @@ def worker() -> None:
     async def main() -> None:
         runtime = open_runtime(settings)
         try:
-            await Worker(runtime).run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(Worker(runtime).run)
+                # SIGTERM (what process managers send) stops the worker cleanly:
+                # running jobs are cancelled and their leases released at once.
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        break
         finally:
             await runtime.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    anyio.run(main)
 
 
 @app.command()

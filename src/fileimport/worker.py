@@ -100,11 +100,14 @@ class Worker:
             log.exception("import.job.interrupted", job_id=job_id)
         finally:
             self.running.discard(job_id)
-            try:
-                async with self.runtime.db.transaction() as session:
-                    await repository.release_lease(session, self.owner, job_id)
-            except Exception:
-                log.exception("import.job.release_failed", job_id=job_id)
+            # Shielded: on shutdown the job is cancelled, and its lease must
+            # still be handed back so another worker can take it at once.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    async with self.runtime.db.transaction() as session:
+                        await repository.release_lease(session, self.owner, job_id)
+                except Exception:
+                    log.exception("import.job.release_failed", job_id=job_id)
             self.runtime.dispatcher.wake(Topic.IMPORTS)
 
     async def _lease_loop(self) -> None:

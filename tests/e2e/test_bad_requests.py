@@ -10,7 +10,7 @@ from fileimport.auth.service import SCOPE_READ
 from tests.support.service import RunningService, create_tenant
 
 GOOD_FILE = {
-    "url": "https://example.org/cat.jpg",
+    "url": "http://127.0.0.1:9/cat.jpg",
     "id": "cat-1",
     "fileName": "cat",
     "metadata": {"caption": "foo"},
@@ -36,7 +36,7 @@ def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
     [
         ({"systemName": "legacy"}, {"files"}),
         (body(files=[]), {"files"}),
-        (body(files=[GOOD_FILE, dict(GOOD_FILE, url="https://example.org/2.jpg")]), {"files.1.id"}),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, url="http://127.0.0.1:9/2.jpg")]), {"files.1.id"}),
         (body(context={"blob": "x" * 8200}), {"context"}),
         (body(files=[dict(GOOD_FILE, url="ftp://example.org/cat.jpg")]), {"files.0.url"}),
         (body(files=[dict(GOOD_FILE, url="/relative/cat.jpg")]), {"files.0.url"}),

@@ -24,6 +24,7 @@ def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         FILEIMPORT_DATA_DIR=str(data_dir),
         FILEIMPORT_FETCH_ALLOWED_NETWORKS=LOOPBACK,
+        FILEIMPORT_FETCH_BLOCK_PUBLIC="true",
         FILEIMPORT_FETCH_BACKOFF_BASE="0.01",
         FILEIMPORT_LOG_LEVEL="WARNING",
     )

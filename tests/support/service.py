@@ -142,6 +142,8 @@ async def run_service(
         fetch_allowed_networks=overrides.pop("fetch_allowed_networks", LOOPBACK),
         fetch_backoff_base=overrides.pop("fetch_backoff_base", 0.01),
         worker_poll_seconds=overrides.pop("worker_poll_seconds", 0.2),
+        # Tests never reach past loopback, whatever URL a test posts.
+        fetch_block_public=overrides.pop("fetch_block_public", True),
         **overrides,
     )
     data_dir.mkdir(parents=True, exist_ok=True)

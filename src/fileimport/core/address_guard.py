@@ -201,8 +201,11 @@ class AddressGuard:
 
     ``allowed_networks`` open address ranges (``127.0.0.0/8`` for local
     development); ``allowed_hosts`` are host names (lower case, no trailing
-    dot, exact match) whose addresses are not checked at all. ``resolver``
-    replaces DNS, e.g. with a stub in tests.
+    dot, exact match) whose addresses are not checked at all. With
+    ``block_public`` only those networks and hosts are reachable: public
+    addresses are refused too (an importer that must only read from the
+    operator's own asset servers; also how the test suite keeps every fetch
+    on loopback). ``resolver`` replaces DNS, e.g. with a stub in tests.
     """
 
     def __init__(
@@ -210,7 +213,10 @@ class AddressGuard:
         allowed_networks: Sequence[IPNetwork] = (),
         allowed_hosts: Sequence[str] = (),
         resolver: Resolver | None = None,
+        *,
+        block_public: bool = False,
     ) -> None:
+        self.block_public = block_public
         self.allowed_networks: tuple[IPNetwork, ...] = tuple(allowed_networks)
         self.allowed_hosts: frozenset[str] = frozenset(_normalize_host(h) for h in allowed_hosts)
         self._resolver: Resolver = resolver or system_resolver
@@ -238,6 +244,8 @@ class AddressGuard:
         if self.is_allowed_network(address):
             return
         kind = classify_address(address)
+        if kind is None and self.block_public:
+            kind = "a public"
         if kind is not None:
             raise BlockedAddressError(host or str(address), str(address), kind)
 
@@ -383,9 +391,10 @@ def create_guarded_transport(
 
 
 def guard_from_settings(settings: Settings, resolver: Resolver | None = None) -> AddressGuard:
-    """The guard configured by ``FILEIMPORT_FETCH_ALLOWED_NETWORKS`` / ``_HOSTS``."""
+    """The guard configured by ``FILEIMPORT_FETCH_ALLOWED_NETWORKS``, ``_HOSTS`` and ``_BLOCK_PUBLIC``."""
     return AddressGuard(
         allowed_networks=settings.fetch_allowed_networks,
         allowed_hosts=settings.fetch_allowed_hosts,
         resolver=resolver,
+        block_public=settings.fetch_block_public,
     )

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Fetching
     fetch_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_block_public: bool = Field(
+        default=False, description="Refuse public addresses too: only the allowed networks/hosts."
+    )
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_connect_timeout: float = Field(default=10.0, gt=0)
     fetch_read_timeout: float = Field(default=30.0, gt=0)

@@ -366,3 +366,12 @@ def test_allowing_one_address_opens_only_that_address(
 def test_public_ipv4_block_is_allowed(value: int) -> None:
     # 8.0.0.0/8 is globally routable unicast space.
     AddressGuard().check_address(ipaddress.IPv4Address(value))
+
+
+def test_block_public_leaves_only_the_allowed_networks() -> None:
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network("127.0.0.0/8")], block_public=True)
+    guard.check_address("127.0.0.1")
+    for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "10.0.0.1"):
+        with pytest.raises(BlockedAddressError):
+            guard.check_address(address)
+    assert AddressGuard().check_address("93.184.216.34") is None
