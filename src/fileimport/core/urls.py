@@ -1,31 +1,85 @@
-"""Validation of the http(s) URLs a batch names (files and webhooks)."""
+"""Validation of the http(s) URLs a batch names (files and webhooks).
+
+One set of rules for the API (a 400 naming the field) and the fetcher (a
+redirect's target): an absolute ``http``/``https`` URL (RFC 3986 §4.3) whose
+host is a DNS name or an IP literal, with a port in 1-65535, no user info
+and no control characters. Spaces and non-ASCII characters in the path and
+query are allowed; they are percent-encoded when fetched (RFC 3986 §2.1).
+The check is plain string work, cheap enough for a 1000-file batch.
+"""
 
 from __future__ import annotations
 
-import httpx2
+import ipaddress
+import re
 
 MAX_URL_LENGTH = 2048
+
+# Characters that never belong in a URL as sent: C0 and C1 controls, DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# A host name after IDNA encoding: letters, digits, '-', '_' (seen in the
+# wild) and dots; each label 1-63 characters, 253 in all (RFC 1035 §2.3.4).
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$"
+)
 
 
 def check_http_url(value: str) -> str | None:
     """The problem with ``value`` as an absolute http(s) URL, or None when it is one.
 
-    Spaces and non-ASCII characters in the path are allowed (they are
-    percent-encoded when fetched, RFC 3986 §2.1); user info, control
-    characters and hosts that are not valid names or addresses are not.
+    Returns a phrase to follow the field's name ("must name a host").
     """
     if len(value) > MAX_URL_LENGTH:
         return f"must be at most {MAX_URL_LENGTH} characters"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL.search(value):
         return "must not contain control characters"
-    try:
-        url = httpx2.URL(value)
-    except (httpx2.InvalidURL, ValueError, TypeError):
+    scheme = _SCHEME.match(value)
+    if (
+        scheme is None
+        or scheme.group(1).lower() not in ("http", "https")
+        or value[scheme.end() :][:2] != "//"
+    ):
         return "must be an absolute http or https URL"
-    if url.scheme not in ("http", "https"):
-        return "must be an absolute http or https URL"
-    if not url.host:
-        return "must name a host"
-    if url.userinfo:
+    rest = value[scheme.end() + 2 :]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
         return "must not contain credentials"
+    return host_problem(authority)
+
+
+def host_problem(authority: str) -> str | None:
+    """The problem with ``host[:port]`` (RFC 3986 §3.2.2-3.2.3), or None."""
+    host, port = authority, ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return "must name a valid host"
+        host, port = authority[1:end], authority[end + 1 :]
+        if port and not port.startswith(":"):
+            return "must name a valid host"
+        port = port[1:]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return "must name a valid host"
+    else:
+        if ":" in authority:
+            host, port = authority.rsplit(":", 1)
+        if not host:
+            return "must name a host"
+        if not _valid_host_name(host):
+            return "must name a valid host"
+    if port and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
+        return "must have a port from 1 to 65535"
     return None
+
+
+def _valid_host_name(host: str) -> bool:
+    host = host.lower()
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    return bool(_HOST_NAME.match(host))
