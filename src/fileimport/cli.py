@@ -123,6 +123,30 @@ def worker() -> None:
 
 
 @app.command()
+def gc(
+    older_than: Annotated[
+        str, typer.Option(help="Keep unreferenced blobs written less than this long ago (e.g. 1h, 0s).")
+    ] = "1h",
+) -> None:
+    """Delete stored blobs that no media entry references (workers also do this hourly)."""
+    from fileimport.core.runtime import open_runtime
+    from fileimport.media.tasks import delete_unreferenced_blobs
+
+    settings = _settings()
+    min_age = parse_duration(older_than)
+
+    async def main() -> int:
+        runtime = open_runtime(settings)
+        try:
+            return await delete_unreferenced_blobs(runtime, min_age)
+        finally:
+            await runtime.close()
+
+    deleted = anyio.run(main)
+    err.print(f"deleted {deleted} unreferenced blob(s)")
+
+
+@app.command()
 def migrate() -> None:
     """Create or upgrade the database schema to the newest migration."""
     from alembic import command

@@ -29,6 +29,7 @@ from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.tasks import run_import_job
+from fileimport.media.tasks import delete_unreferenced_blobs
 from fileimport.webhooks.tasks import deliver_due_webhooks, seconds_until_next_delivery
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,7 @@ class Worker:
             tg.start_soon(self._import_loop, importer, tg)
             tg.start_soon(self._lease_loop)
             tg.start_soon(self._webhook_loop, webhook_client)
+            tg.start_soon(self._blob_sweep_loop)
         await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
 
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
@@ -122,6 +124,16 @@ class Worker:
                     await repository.renew_leases(session, self.owner, list(self.running), lease_until)
             except Exception:
                 log.exception("worker.lease_renewal_failed")
+
+    async def _blob_sweep_loop(self) -> None:
+        settings = self.runtime.settings
+        while True:
+            await anyio.sleep(settings.blob_sweep_interval.total_seconds())
+            try:
+                deleted = await delete_unreferenced_blobs(self.runtime, settings.blob_sweep_min_age)
+                log.info("media.blob_sweep.done", deleted=deleted)
+            except Exception:
+                log.exception("media.blob_sweep.failed")
 
     async def _webhook_loop(self, client: httpx2.AsyncClient) -> None:
         settings = self.runtime.settings

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     worker_max_jobs: int = Field(default=4, ge=1, le=256)
+    blob_sweep_interval: timedelta = Field(
+        default=timedelta(hours=1), description="How often a worker deletes unreferenced blobs."
+    )
+    blob_sweep_min_age: timedelta = Field(
+        default=timedelta(hours=1), description="Unreferenced blobs younger than this are kept."
+    )
     job_max_attempts: int = Field(default=5, ge=1, le=100)
 
     # Fetching

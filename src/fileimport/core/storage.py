@@ -14,6 +14,8 @@ import os
 import re
 import stat
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote, urlsplit
@@ -80,6 +82,15 @@ class BlobNotFoundError(StorageError):
     """No blob is stored under the requested key."""
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """A stored object: its key, size in bytes and when it was last written (UTC)."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
 class BlobStorage(Protocol):
     """Where imported files' bytes live, addressed by key.
 
@@ -120,6 +131,10 @@ class BlobStorage(Protocol):
         """Every key starting with ``prefix`` (plain string prefix), in no set order."""
         ...
 
+    def list_blobs(self, prefix: str = "") -> AsyncIterator[StoredBlob]:
+        """Like `list_keys`, with each blob's size and time of writing."""
+        ...
+
     async def check(self) -> None:
         """Readiness probe: raise `StorageError` when the store cannot be used."""
         ...
@@ -127,6 +142,9 @@ class BlobStorage(Protocol):
     async def close(self) -> None:
         """Release connections; the storage must not be used afterwards."""
         ...
+
+
+BLOB_PREFIX = "sha256/"
 
 
 def blob_key(sha256_hex: str) -> str:
@@ -139,7 +157,7 @@ def blob_key(sha256_hex: str) -> str:
     digest = sha256_hex.lower()
     if not _SHA256_RE.fullmatch(digest):
         raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
-    return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+    return f"{BLOB_PREFIX}{digest[:2]}/{digest[2:4]}/{digest}"
 
 
 def _check_key(key: str) -> None:
@@ -314,7 +332,12 @@ class ObjectStorage:
             raise _storage_error("delete", key, exc) from exc
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
-        """Every key that starts with ``prefix``, in no particular order.
+        """Every key that starts with ``prefix``, in no particular order (see `list_blobs`)."""
+        async for blob in self.list_blobs(prefix):
+            yield blob.key
+
+    async def list_blobs(self, prefix: str = "") -> AsyncIterator[StoredBlob]:
+        """Every blob whose key starts with ``prefix``, with size and time of writing, in no order.
 
         ``prefix`` is a plain string prefix (``"sha256/a"`` matches
         ``"sha256/ab/..."``). The store is listed from the last ``/`` of the
@@ -328,7 +351,7 @@ class ObjectStorage:
             async for batch in obstore.list(self._store, folder or None, chunk_size=1000):
                 for meta in batch:
                     if meta["path"].startswith(prefix):
-                        yield meta["path"]
+                        yield StoredBlob(meta["path"], meta["size"], meta["last_modified"])
         except (ObstoreError, OSError) as exc:
             raise _storage_error("list", prefix, exc) from exc
 

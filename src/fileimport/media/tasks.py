@@ -1,0 +1,51 @@
+"""Background work of the media library: deleting blobs no entry references.
+
+Blobs are content-addressed and written before the transaction that makes an
+entry point at them, so a blob can be left without a reference: the bytes an
+update replaced, or a download stored just before its worker was killed and
+whose file then failed on the re-run. A blob is deleted only when no entry
+references it AND it was last written more than ``older_than`` ago: every
+import writes its blob again (see ``FileImporter._store``), so a blob that an
+import is about to reference is always younger than that.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+
+from fileimport.core.db import utcnow
+from fileimport.core.runtime import Runtime
+from fileimport.core.storage import BLOB_PREFIX, StoredBlob
+from fileimport.media import repository
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 500
+
+
+async def delete_unreferenced_blobs(runtime: Runtime, older_than: timedelta) -> int:
+    """Delete blobs under ``sha256/`` that no media entry references and that are older
+    than ``older_than``; returns how many were deleted. Raises StorageError."""
+    cutoff = utcnow() - older_than
+    deleted = 0
+    chunk: list[StoredBlob] = []
+
+    async def sweep(blobs: list[StoredBlob]) -> int:
+        async with runtime.db.reader() as session:
+            referenced = await repository.count_references(session, [b.key for b in blobs])
+        orphans = [b for b in blobs if b.key not in referenced and b.last_modified < cutoff]
+        for blob in orphans:
+            await runtime.storage.delete(blob.key)
+            log.info("media.blob.deleted", key=blob.key, size=blob.size)
+        return len(orphans)
+
+    async for blob in runtime.storage.list_blobs(BLOB_PREFIX):
+        chunk.append(blob)
+        if len(chunk) >= CHUNK:
+            deleted += await sweep(chunk)
+            chunk = []
+    if chunk:
+        deleted += await sweep(chunk)
+    return deleted
