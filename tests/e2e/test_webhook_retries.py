@@ -242,13 +242,15 @@ async def test_webhook_host_that_does_not_resolve_is_retried(
     assert "hooks.example.invalid does not resolve" in webhook["lastError"]
 
 
-async def test_webhook_url_that_cannot_be_connected_to_fails_once(
+async def test_webhook_url_with_an_impossible_port_is_refused_when_posted(
     service: RunningService, origin: FaultOrigin
 ) -> None:
-    # Accepted by the request validation, but no connection can be made to port 99999.
-    job_id = await start_job(service, origin, "http://127.0.0.1:99999/hook")
-    status = await wait_for_webhook(service, job_id, "delivered", "failed")
-
-    webhook = status["webhook"]
-    assert (webhook["state"], webhook["attempts"]) == ("failed", 1), webhook
-    assert "port" in webhook["lastError"]
+    response = await service.post_import(
+        {
+            "systemName": "hooked",
+            "webhook": "http://127.0.0.1:99999/hook",
+            "files": [{"url": origin.url("/ok?size=10"), "id": "ok", "fileName": "ok", "metadata": {}}],
+        }
+    )
+    assert response.status_code == 400
+    assert response.json()["error_details"] == {"webhook": "must have a port from 1 to 65535"}
