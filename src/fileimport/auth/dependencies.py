@@ -32,7 +32,7 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         runtime = get_runtime(request)
-        async with runtime.db.sessionmaker() as session:
+        async with runtime.db.reader() as session:
             principal = await authenticate(session, credentials.credentials)
         if principal is None:
             raise Unauthorized(

@@ -103,12 +103,21 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+psycopg://``)."""
+def _sqlite_on_begin_read(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str, *, echo: bool = False, read_only: bool = False) -> AsyncEngine:
+    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+psycopg://``).
+
+    On SQLite, ``read_only`` engines begin with a plain (deferred) BEGIN: in
+    WAL mode readers then never wait for the write lock that BEGIN IMMEDIATE
+    takes, so status calls do not queue behind imports.
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, pool_size=8, max_overflow=8)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin_read if read_only else _sqlite_on_begin)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -120,6 +129,13 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite: a second pool whose transactions do not take the write lock.
+        self._read_engine = create_engine(url, read_only=True) if url.startswith("sqlite") else None
+        self.read_sessionmaker = (
+            async_sessionmaker(self._read_engine, expire_on_commit=False)
+            if self._read_engine is not None
+            else self.sessionmaker
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -127,5 +143,13 @@ class Database:
         async with self.sessionmaker() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only (never commits; on SQLite it does not take the write lock)."""
+        async with self.read_sessionmaker() as session:
+            yield session
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()

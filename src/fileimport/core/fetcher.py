@@ -429,7 +429,7 @@ class OriginFetcher:
         expected = content_length if content_length is not None else max_bytes
         scope.deadline = min(scope.deadline, started + self._deadline_seconds(expected))
 
-        spool, path = await anyio.to_thread.run_sync(self._create_spool_file)
+        spool = _Spool(self._spool_dir)
         done = False
         try:
             size = 0
@@ -456,9 +456,9 @@ class OriginFetcher:
                     if len(pending) >= chunk_bytes:
                         await anyio.to_thread.run_sync(spool.write, bytes(pending))
                         pending.clear()
-                if pending:
-                    await anyio.to_thread.run_sync(spool.write, bytes(pending))
-                    pending.clear()
+                # A small body costs one hop to a thread: create, write, close.
+                path = await anyio.to_thread.run_sync(spool.finish, bytes(pending))
+                pending.clear()
             except httpx2.TimeoutException as exc:
                 raise FetchError(
                     "timeout",
@@ -486,13 +486,11 @@ class OriginFetcher:
                     f"of {content_length} bytes.",
                     retryable=True,
                 )
-            spool.close()
             done = True
         finally:
-            spool.close()
             if not done:
                 # Synchronous on purpose: it must also run when cancelled.
-                path.unlink(missing_ok=True)
+                spool.discard()
         log.debug("fetch.received", url=str(url), size=size, path=str(path))
         return FetchedFile(
             path=path,
@@ -506,14 +504,35 @@ class OriginFetcher:
             attempts=0,
         )
 
-    def _create_spool_file(self) -> tuple[IO[bytes], Path]:
-        fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._spool_dir)
-        try:
-            return os.fdopen(fd, "wb"), Path(name)
-        except BaseException:
-            os.close(fd)
-            Path(name).unlink(missing_ok=True)
-            raise
+
+class _Spool:
+    """A spool file created on first write (in a worker thread), so a small body costs one hop."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._opened: tuple[IO[bytes], Path] | None = None
+
+    def _open(self) -> tuple[IO[bytes], Path]:
+        if self._opened is None:
+            fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._folder)
+            self._opened = (os.fdopen(fd, "wb"), Path(name))
+        return self._opened
+
+    def write(self, data: bytes) -> None:
+        self._open()[0].write(data)
+
+    def finish(self, data: bytes) -> Path:
+        """Write the last bytes and close; returns the file's path."""
+        file, path = self._open()
+        file.write(data)
+        file.close()
+        return path
+
+    def discard(self) -> None:
+        if self._opened is not None:
+            file, path = self._opened
+            file.close()
+            path.unlink(missing_ok=True)
 
 
 def parse_http_url(value: str) -> httpx2.URL:

@@ -56,6 +56,10 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
+# Types whose files are opened to read pixel size or duration (in a thread).
+PROBED_TYPES = ("image/", "audio/", "video/")
+
+
 class FileImporter:
     """Imports single files of a job; safe to call concurrently."""
 
@@ -167,7 +171,10 @@ class FileImporter:
                 f"limit of media type '{media_type.handle}'.",
             )
         self._check_metadata(media_type, file)
-        probe = await anyio.to_thread.run_sync(probe_file, fetched.path, mime_type)
+        if mime_type.startswith(PROBED_TYPES):
+            probe = await anyio.to_thread.run_sync(probe_file, fetched.path, mime_type)
+        else:
+            probe = ContentProbe(mime_type, None, None, None)
         return media_type, probe
 
     @staticmethod
@@ -181,9 +188,10 @@ class FileImporter:
 
     async def _store(self, fetched: FetchedFile, probe: ContentProbe) -> StoredAsset:
         key = blob_key(fetched.sha256)
-        storage = self.runtime.storage
-        if not await storage.exists(key):
-            await storage.put_file(key, fetched.path)
+        # Stored even when the key exists: content-addressed, so the same
+        # bytes land on the same blob, and the write refreshes its age, which
+        # keeps a blob being re-imported out of reach of an orphan sweep.
+        await self.runtime.storage.put_file(key, fetched.path)
         return StoredAsset(
             key=key,
             sha256=fetched.sha256,

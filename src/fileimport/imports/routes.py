@@ -198,5 +198,5 @@ async def import_status(
         Query(min_length=1, max_length=64, pattern=NUL_FREE_PATTERN, description="The job id from the POST."),
     ],
 ) -> JobStatus:
-    async with runtime.db.sessionmaker() as session:
+    async with runtime.db.reader() as session:
         return await service.get_job_status(session, principal, id)

@@ -53,7 +53,7 @@ async def get_media_entry(
     principal: Annotated[Principal, Depends(require_scope(SCOPE_READ))],
     runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> MediaEntryOut:
-    async with runtime.db.sessionmaker() as session:
+    async with runtime.db.reader() as session:
         entry = await repository.get_entry(session, principal.project_id, media_id)
     if entry is None:
         raise NotFound({"mediaId": f"no media library entry '{media_id}'"})
@@ -90,12 +90,12 @@ async def find_media_entries(
         wanted = [i for i in (part.strip() for part in ids.split(",")) if i]
         if not wanted or len(wanted) > MAX_IDS:
             raise ValidationFailed({"ids": f"must list 1 to {MAX_IDS} ids"})
-        async with runtime.db.sessionmaker() as session:
+        async with runtime.db.reader() as session:
             entries = await repository.list_entries_by_ids(session, principal.project_id, wanted)
     else:
         if system_name is None or external_id is None:
             raise ValidationFailed(_missing_key_problem(system_name, external_id))
-        async with runtime.db.sessionmaker() as session:
+        async with runtime.db.reader() as session:
             entry = await repository.get_entry_by_key(session, principal.project_id, system_name, external_id)
         entries = [entry] if entry else []
     public_url = runtime.settings.public_url
@@ -192,7 +192,7 @@ async def download_asset(
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The stored bytes; the media id in the path is the capability (128 random bits)."""
-    async with runtime.db.sessionmaker() as session:
+    async with runtime.db.reader() as session:
         entry = await repository.get_entry_by_id(session, media_id)
     if entry is None:
         raise NotFound({"mediaId": f"no asset for '{media_id}'"})

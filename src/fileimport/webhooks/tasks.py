@@ -31,7 +31,7 @@ async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> 
         claimed = [(d.id, d.project_id) for d in due]
 
     async def attempt(delivery_id: str, project_id: int) -> None:
-        async with runtime.db.sessionmaker() as read_session:
+        async with runtime.db.reader() as read_session:
             delivery = await repository.get_delivery(read_session, delivery_id)
         if delivery is None or delivery.state != DeliveryState.PENDING:
             return
@@ -56,7 +56,7 @@ async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> 
 
 async def seconds_until_next_delivery(runtime: Runtime, cap: float) -> float:
     """Seconds until the earliest pending delivery is due, at most ``cap``."""
-    async with runtime.db.sessionmaker() as session:
+    async with runtime.db.reader() as session:
         due_at = await repository.next_due_at(session)
     if due_at is None:
         return cap
