@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpcore2
@@ -331,13 +332,14 @@ class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
             if remaining is not None and remaining <= 0:
                 raise httpcore2.ConnectTimeout(f"connecting to {host} timed out")
             try:
-                return await self._backend.connect_tcp(
+                stream = await self._backend.connect_tcp(
                     address,
                     port,
                     timeout=remaining,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return _BulkReadStream(stream)
             except httpcore2.ConnectError as exc:
                 last_error = exc
         if last_error is None:  # resolve() never returns an empty list
@@ -355,6 +357,41 @@ class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+
+BULK_READ_BYTES = 1024 * 1024
+
+
+class _BulkReadStream(httpcore2.AsyncNetworkStream):
+    """Reads up to ``BULK_READ_BYTES`` where httpcore2 asks for 64 KiB.
+
+    Every read travels up through h11, httpcore2 and httpx2; with larger
+    reads a big body costs a sixteenth of the trips (measured: bench case c).
+    Returning more than asked is safe for HTTP/1.1 without pipelining.
+    """
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max(max_bytes, BULK_READ_BYTES), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore2.AsyncNetworkStream:
+        return _BulkReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 def create_guarded_transport(

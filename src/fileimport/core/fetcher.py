@@ -433,9 +433,10 @@ class OriginFetcher:
         done = False
         try:
             size = 0
-            digest = hashlib.sha256()
             head = bytearray()
-            pending = bytearray()
+            # Pieces are handed to the writer thread as they came: no copies.
+            pending: list[bytes] = []
+            pending_bytes = 0
             chunk_bytes = self._settings.fetch_chunk_bytes
             try:
                 # Decoded pieces as they arrive; httpx2 inflates gzip/deflate
@@ -449,16 +450,15 @@ class OriginFetcher:
                             f"(more than {max_bytes} bytes received"
                             f"{' after decoding' if codings else ''}).",
                         )
-                    digest.update(piece)
                     if len(head) < HEAD_BYTES:
                         head += piece[: HEAD_BYTES - len(head)]
-                    pending += piece
-                    if len(pending) >= chunk_bytes:
-                        await anyio.to_thread.run_sync(spool.write, bytes(pending))
-                        pending.clear()
+                    pending.append(piece)
+                    pending_bytes += len(piece)
+                    if pending_bytes >= chunk_bytes:
+                        await anyio.to_thread.run_sync(spool.write, pending)
+                        pending, pending_bytes = [], 0
                 # A small body costs one hop to a thread: create, write, close.
-                path = await anyio.to_thread.run_sync(spool.finish, bytes(pending))
-                pending.clear()
+                path = await anyio.to_thread.run_sync(spool.finish, pending)
             except httpx2.TimeoutException as exc:
                 raise FetchError(
                     "timeout",
@@ -495,7 +495,7 @@ class OriginFetcher:
         return FetchedFile(
             path=path,
             size=size,
-            sha256=digest.hexdigest(),
+            sha256=spool.sha256(),
             head=bytes(head),
             content_type=response.headers.get("Content-Type"),
             etag=response.headers.get("ETag"),
@@ -506,11 +506,20 @@ class OriginFetcher:
 
 
 class _Spool:
-    """A spool file created on first write (in a worker thread), so a small body costs one hop."""
+    """A spool file created on first write (in a worker thread), so a small body costs one hop.
+
+    The SHA-256 is updated in the same thread as the write: hashlib releases
+    the GIL, so hashing and writing a chunk overlap with receiving the next.
+    """
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
         self._opened: tuple[IO[bytes], Path] | None = None
+        self._digest = hashlib.sha256()
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of every byte written."""
+        return self._digest.hexdigest()
 
     def _open(self) -> tuple[IO[bytes], Path]:
         if self._opened is None:
@@ -518,13 +527,16 @@ class _Spool:
             self._opened = (os.fdopen(fd, "wb"), Path(name))
         return self._opened
 
-    def write(self, data: bytes) -> None:
-        self._open()[0].write(data)
+    def write(self, pieces: list[bytes]) -> None:
+        file = self._open()[0]
+        for piece in pieces:
+            self._digest.update(piece)
+            file.write(piece)
 
-    def finish(self, data: bytes) -> Path:
-        """Write the last bytes and close; returns the file's path."""
+    def finish(self, pieces: list[bytes]) -> Path:
+        """Write the last pieces and close; returns the file's path."""
+        self.write(pieces)
         file, path = self._open()
-        file.write(data)
         file.close()
         return path
 

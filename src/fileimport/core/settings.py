@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     fetch_backoff_base: float = Field(default=1.0, ge=0)
     fetch_backoff_max: float = Field(default=60.0, ge=0)
     fetch_per_origin_concurrency: int = Field(default=4, ge=1, le=256)
-    fetch_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+    fetch_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
 
     # Webhooks
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
