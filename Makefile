@@ -39,7 +39,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 demo: install
