@@ -50,6 +50,7 @@ def test_thousand_icons_in_one_job_with_bounded_memory(
             assert time.monotonic() < deadline, status["progress"]
             time.sleep(0.2)
         peak = service.peak_rss_bytes()
+        print(f"1000-icon job: {status['progress']}, service peak RSS {peak / 2**20:.0f} MiB")
 
     assert status["state"] == "success"
     assert len(status["files"]) == 1000
