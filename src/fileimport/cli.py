@@ -122,11 +122,21 @@ def worker() -> None:
     anyio.run(main)
 
 
+MIN_SAFE_BLOB_AGE = timedelta(minutes=10)
+
+
 @app.command()
 def gc(
     older_than: Annotated[
-        str, typer.Option(help="Keep unreferenced blobs written less than this long ago (e.g. 1h, 0s).")
+        str, typer.Option(help="Keep unreferenced blobs written less than this long ago (e.g. 1h, 30m).")
     ] = "1h",
+    no_imports_running: Annotated[
+        bool,
+        typer.Option(
+            "--no-imports-running",
+            help="Allow --older-than under 10m: only safe when no import runs anywhere.",
+        ),
+    ] = False,
 ) -> None:
     """Delete stored blobs that no media entry references (workers also do this hourly)."""
     from fileimport.core.runtime import open_runtime
@@ -134,6 +144,12 @@ def gc(
 
     settings = _settings()
     min_age = parse_duration(older_than)
+    if min_age < MIN_SAFE_BLOB_AGE and not no_imports_running:
+        err.print(
+            f"[red]--older-than {older_than} could delete the blob of an import in progress;[/red] "
+            "use at least 10m, or add --no-imports-running when no import runs anywhere"
+        )
+        raise typer.Exit(2)
 
     async def main() -> int:
         runtime = open_runtime(settings)

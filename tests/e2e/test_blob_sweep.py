@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 from pytest_httpserver import HTTPServer
 
 from fileimport.core.storage import blob_key
 from tests.support.images import png_bytes
-from tests.support.process import cli, service_env
+from tests.support.process import FILEIMPORT, cli, service_env
 from tests.support.service import run_service
 
 
@@ -50,7 +51,13 @@ async def test_sweep_deletes_only_old_unreferenced_blobs(tmp_path: Path, httpser
         env = service_env(data_dir)
         cli(env, "gc", "--older-than", "1h")
         assert stored_keys(data_dir) == {key[first], key[second], key[third]}  # too young to go
-        cli(env, "gc", "--older-than", "0s")
+        refused = subprocess.run(
+            [*FILEIMPORT, "gc", "--older-than", "0s"], env=env, capture_output=True, text=True, check=False
+        )
+        assert refused.returncode == 2
+        assert "import in progress" in refused.stderr
+        assert stored_keys(data_dir) == {key[first], key[second], key[third]}
+        cli(env, "gc", "--older-than", "0s", "--no-imports-running")
         assert stored_keys(data_dir) == {key[second], key[third]}
 
         for result in created["files"]:

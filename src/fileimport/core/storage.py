@@ -127,6 +127,10 @@ class BlobStorage(Protocol):
         """Remove the blob under ``key``; an absent blob is not an error."""
         ...
 
+    async def delete_if_written_before(self, key: str, cutoff: datetime) -> bool:
+        """Remove the blob unless it was written at or after ``cutoff``; True if removed."""
+        ...
+
     def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key starting with ``prefix`` (plain string prefix), in no set order."""
         ...
@@ -190,6 +194,20 @@ def _move_file(source: Path, target: Path, fsync: bool) -> None:
     if fsync:
         # Make the new directory entry survive a crash, not only the data.
         _fsync_path(target.parent, directory=True)
+
+
+def _delete_local_if_before(path: Path, cutoff: float) -> bool:
+    aside = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if os.stat(aside).st_mtime >= cutoff:
+        # Written again since it was listed: an import is about to use it.
+        os.replace(aside, path)
+        return False
+    aside.unlink()
+    return True
 
 
 def _check_local_root(root: Path) -> None:
@@ -330,6 +348,33 @@ class ObjectStorage:
             pass
         except (ObstoreError, OSError) as exc:
             raise _storage_error("delete", key, exc) from exc
+
+    async def delete_if_written_before(self, key: str, cutoff: datetime) -> bool:
+        """Remove the blob unless it was (re)written at or after ``cutoff``; True if removed.
+
+        A local store moves the blob aside atomically first and looks at the
+        moved file: when an import has just written the key again, it is put
+        back, so a blob being imported is never lost to a sweep. Other stores
+        check the time with a HEAD just before the DELETE (a window of one
+        round trip). Raises `StorageError`.
+        """
+        _check_key(key)
+        if self._local_root is not None:
+            path = self._local_root.joinpath(*key.split("/"))
+            try:
+                return await anyio.to_thread.run_sync(_delete_local_if_before, path, cutoff.timestamp())
+            except OSError as exc:
+                raise _storage_error("delete", key, exc) from exc
+        try:
+            meta = await obstore.head_async(self._store, key)
+        except FileNotFoundError:
+            return False
+        except (ObstoreError, OSError) as exc:
+            raise _storage_error("look up", key, exc) from exc
+        if meta["last_modified"] >= cutoff:
+            return False
+        await self.delete(key)
+        return True
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key that starts with ``prefix``, in no particular order (see `list_blobs`)."""

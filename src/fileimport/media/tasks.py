@@ -6,7 +6,12 @@ update replaced, or a download stored just before its worker was killed and
 whose file then failed on the re-run. A blob is deleted only when no entry
 references it AND it was last written more than ``older_than`` ago: every
 import writes its blob again (see ``FileImporter._store``), so a blob that an
-import is about to reference is always younger than that.
+import is about to reference is always younger than that, and the deletion
+itself re-checks the blob's age (``delete_if_written_before``) after the
+reference check, so an import that rewrites it meanwhile keeps it.
+``older_than`` must exceed the longest time between an import storing its
+blob and committing its entry; the CLI refuses less than ten minutes unless
+told that no import is running.
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ async def delete_unreferenced_blobs(runtime: Runtime, older_than: timedelta) -> 
     async def sweep(blobs: list[StoredBlob]) -> int:
         async with runtime.db.reader() as session:
             referenced = await repository.count_references(session, [b.key for b in blobs])
-        orphans = [b for b in blobs if b.key not in referenced and b.last_modified < cutoff]
-        for blob in orphans:
-            await runtime.storage.delete(blob.key)
-            log.info("media.blob.deleted", key=blob.key, size=blob.size)
-        return len(orphans)
+        removed = 0
+        for blob in blobs:
+            if blob.key in referenced or blob.last_modified >= cutoff:
+                continue
+            if await runtime.storage.delete_if_written_before(blob.key, cutoff):
+                removed += 1
+                log.info("media.blob.deleted", key=blob.key, size=blob.size)
+        return removed
 
     async for blob in runtime.storage.list_blobs(BLOB_PREFIX):
         chunk.append(blob)
