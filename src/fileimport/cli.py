@@ -21,6 +21,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import KNOWN_SCOPES, SCOPE_READ, SCOPE_WRITE, create_token
@@ -64,7 +65,15 @@ def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awa
         finally:
             await db.dispose()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except (OperationalError, ProgrammingError) as exc:
+        err.print(
+            f"[red]cannot use the database at {_redact(settings.resolved_database_url)}:[/red] "
+            f"{str(exc.orig).splitlines()[0] if exc.orig else exc}\n"
+            "Run 'fileimport migrate' first, with the same FILEIMPORT_DATA_DIR / FILEIMPORT_DATABASE_URL."
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -230,6 +239,7 @@ def project_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> 
     print(json.dumps(described, indent=2))
 
 
+MAX_DURATION = timedelta(days=36525)
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -239,7 +249,13 @@ def parse_duration(value: str) -> timedelta:
     match = _DURATION.match(value.strip())
     if not match:
         raise typer.BadParameter("use a number and a unit: 90s, 45m, 12h, 30d, 2w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        duration = MAX_DURATION + MAX_DURATION
+    if duration > MAX_DURATION:
+        raise typer.BadParameter(f"{value} is too long; at most 100 years")
+    return duration
 
 
 @token_app.command("create")
@@ -247,7 +263,7 @@ def token_create(
     project: Annotated[str, typer.Option(help="Project name.", envvar="FILEIMPORT_PROJECT")],
     scope: Annotated[list[str], typer.Option(help=f"Scope, repeatable: {', '.join(KNOWN_SCOPES)}.")],
     expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime, e.g. 30d or 12h; none = no expiry.")
+        str | None, typer.Option(help="Lifetime, e.g. 30d or 12h; without it the token does not expire.")
     ] = None,
     label: Annotated[str, typer.Option(help="A note on what the token is for.")] = "",
 ) -> None:
@@ -299,7 +315,7 @@ def bootstrap(
         "\n"
         f"  Dev token:  {token}   (also in {token_file})\n"
         f"  API docs:   {public}/docs\n"
-        "  Try it:     python3 -m http.server 9000 -d examples/files &   # a loopback origin\n"
+        "  Try it:     python3 -m http.server 9000 -b 127.0.0.1 -d examples/files &   # a loopback origin\n"
         f"              curl -s -X POST {public}/api/v1/import/files -H 'Authorization: Bearer {token}' "
         '-H \'Content-Type: application/json\' -d \'{"systemName": "demo", "files": [{"url": '
         '"http://127.0.0.1:9000/FreshFlower.jpg", "id": "flower-1", "fileName": "flower", '

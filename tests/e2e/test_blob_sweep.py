@@ -65,3 +65,10 @@ async def test_sweep_deletes_only_old_unreferenced_blobs(tmp_path: Path, httpser
             served = await service.client.get(entry["asset"]["url"])
             assert served.status_code == 200
             assert hashlib.sha256(served.content).hexdigest() == entry["asset"]["sha256"]
+
+        # A blob lost behind the service's back: a clean 404, not a 200 that breaks off.
+        entry = await service.media_entry(created["files"][0]["mediaId"])
+        (data_dir / "blobs" / entry["asset"]["key"]).unlink()
+        missing = await service.client.get(entry["asset"]["url"])
+        assert missing.status_code == 404
+        assert "missing" in missing.json()["error_details"]["asset"]

@@ -43,3 +43,19 @@ async def test_database_outage_is_503_and_recovers(
             allow_connections(True)
         again = await service.client.get("/api/v1/import/files/status", params={"id": "j1"}, headers=headers)
         assert again.status_code == 404
+
+
+async def test_readyz_says_when_the_database_was_never_migrated(tmp_path: Path) -> None:
+    import httpx2
+
+    from fileimport.app import create_app
+    from fileimport.core.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "never-migrated")
+    app = create_app(settings, run_worker=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://service") as client:
+            ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["error_details"]["database"] == "not migrated: run 'fileimport migrate'"

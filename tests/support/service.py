@@ -109,6 +109,15 @@ class RunningService:
                     return status
                 await anyio.sleep(0.05)
 
+    async def wait_webhook(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the status until the job's webhook delivery is delivered or failed."""
+        with anyio.fail_after(timeout):
+            while True:
+                status = await self.status(job_id)
+                if (status.get("webhook") or {}).get("state") in ("delivered", "failed"):
+                    return status
+                await anyio.sleep(0.05)
+
     async def import_and_wait(self, body: Mapping[str, Any], timeout: float = 60.0) -> dict[str, Any]:
         response = await self.post_import(body)
         assert response.status_code == 200, response.text

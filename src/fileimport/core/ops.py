@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
@@ -24,8 +25,20 @@ async def healthz() -> dict[str, str]:
 async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
     problems: dict[str, str] = {}
     try:
-        async with runtime.db.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        async with runtime.db.reader() as session:
+            # The migrations' own table: present once `fileimport migrate` ran.
+            migrated = (await session.execute(text("SELECT version_num FROM alembic_version"))).first()
+        if migrated is None:
+            problems["database"] = "not migrated: run 'fileimport migrate'"
+    except ProgrammingError:
+        problems["database"] = "not migrated: run 'fileimport migrate'"
+    except OperationalError as exc:
+        message = str(exc.orig or exc)
+        problems["database"] = (
+            "not migrated: run 'fileimport migrate'"
+            if "no such table" in message
+            else f"unreachable: {type(exc).__name__}"
+        )
     except Exception as exc:
         problems["database"] = f"unreachable: {type(exc).__name__}"
     try:

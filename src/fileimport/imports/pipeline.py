@@ -10,12 +10,14 @@ result with a stable ``code`` and a ``reason`` a person can act on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import anyio
 import structlog
 
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
+from fileimport.core.metrics import BYTES_FETCHED, FILE_SECONDS, FILES_IMPORTED
 from fileimport.core.probe import ContentProbe, ProbeError, probe_file, sniff_mime_type
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import blob_key
@@ -74,6 +76,15 @@ class FileImporter:
         ``existing`` is the entry with the file's key when the job started (for
         a conditional request); the upsert re-reads it under lock.
         """
+        started = time.perf_counter()
+        status, code = await self._import_and_record(ctx, file, existing)
+        FILES_IMPORTED.labels(status=status, code=code or "").inc()
+        FILE_SECONDS.observe(time.perf_counter() - started)
+        return status
+
+    async def _import_and_record(
+        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
+    ) -> tuple[FileStatus, str | None]:
         bound = log.bind(job_id=ctx.job_id, external_id=file.external_id)
         attempts = 0
         try:
@@ -85,16 +96,16 @@ class FileImporter:
                 # Says that the fault lasted (and that a later re-run may help).
                 reason = f"{reason.rstrip('.')}; gave up after {exc.attempts} tries."
             bound.info("import.file.failed", code=exc.code, reason=reason)
-            return await self._record_failure(ctx, file, exc.code, reason, attempts)
+            return await self._record_failure(ctx, file, exc.code, reason, attempts), exc.code
         except ResultAlreadyRecorded:
             bound.info("import.file.already_recorded")
-            return FileStatus(file.status)
+            return FileStatus(file.status), None
         except Exception as exc:
             bound.exception("import.file.crashed")
             reason = f"Unexpected error while importing ({type(exc).__name__}); see the service log."
-            return await self._record_failure(ctx, file, "internal_error", reason, attempts)
+            return await self._record_failure(ctx, file, "internal_error", reason, attempts), "internal_error"
         bound.info("import.file.imported", status=status, media_id=media_id)
-        return status
+        return status, None
 
     async def _import(
         self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
@@ -128,6 +139,7 @@ class FileImporter:
                 OriginValidators(file.url, result.etag, result.last_modified),
                 result.attempts,
             )
+        BYTES_FETCHED.inc(result.size)
         try:
             media_type, probe = await self._inspect(ctx, file, declared, result)
             asset = await self._store(result, probe)
@@ -147,6 +159,8 @@ class FileImporter:
     async def _inspect(
         self, ctx: JobContext, file: ImportFile, declared: MediaTypeConfig | None, fetched: FetchedFile
     ) -> tuple[MediaTypeConfig, ContentProbe]:
+        if fetched.size == 0:
+            raise FileRejected("empty_file", f"The origin sent an empty body for {file.url}.")
         mime_type = sniff_mime_type(fetched.head)
         if declared is not None:
             media_type = declared

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -24,6 +25,8 @@ from fileimport.core.runtime import Runtime
 from fileimport.media import repository
 from fileimport.media.schemas import MediaEntryList, MediaEntryOut
 from fileimport.media.service import download_filename, to_schema
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(
     prefix="/api/v1/mediaLibrary", tags=["media library"], responses=error_responses(400, 401, 403)
@@ -196,6 +199,11 @@ async def download_asset(
         entry = await repository.get_entry_by_id(session, media_id)
     if entry is None:
         raise NotFound({"mediaId": f"no asset for '{media_id}'"})
+    # Checked before any header is sent, so a lost blob is a clean error
+    # rather than a 200 whose body breaks off.
+    if await runtime.storage.size(entry.asset_key) is None:
+        log.error("media.asset.missing", media_id=entry.id, key=entry.asset_key)
+        raise NotFound({"asset": "the stored bytes of this entry are missing; import the file again"})
     size = entry.size
     etag = f'"{entry.sha256}"'
     name = download_filename(entry)

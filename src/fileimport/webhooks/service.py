@@ -29,6 +29,7 @@ from standardwebhooks import Webhook
 from fileimport.core.address_guard import BlockedAddressError, HostNotFoundError
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.fetcher import FetchError, describe_network_error, parse_http_url
+from fileimport.core.metrics import WEBHOOK_ATTEMPTS
 from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.states import FileStatus
 from fileimport.webhooks.models import DeliveryState, WebhookDelivery
@@ -160,6 +161,9 @@ def record_attempt(
     else:
         delivery.state = DeliveryState.FAILED
         delivery.next_attempt_at = None
+    WEBHOOK_ATTEMPTS.labels(
+        outcome=delivery.state if delivery.state != DeliveryState.PENDING else "retry"
+    ).inc()
     log.info(
         "webhook.delivery.attempted",
         delivery_id=delivery.id,
