@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx2
 import psycopg
 from sqlalchemy.engine import make_url
 
+from fileimport.app import create_app
+from fileimport.core.settings import Settings
 from tests.support.postgres import PostgresServer
 from tests.support.service import run_service
 
@@ -46,10 +49,6 @@ async def test_database_outage_is_503_and_recovers(
 
 
 async def test_readyz_says_when_the_database_was_never_migrated(tmp_path: Path) -> None:
-    import httpx2
-
-    from fileimport.app import create_app
-    from fileimport.core.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "never-migrated")
     app = create_app(settings, run_worker=False)
