@@ -21,12 +21,11 @@ from typing import Any, Self
 
 import anyio
 import structlog
-from sqlalchemy.exc import IntegrityError
 
 from fileimport.core.db import Database, utcnow
 from fileimport.imports import repository
 from fileimport.imports.states import FileStatus
-from fileimport.media.service import EntryImport, UpsertAction, upsert_entries
+from fileimport.media.service import EntryImport, UpsertAction, upsert_entries, upsert_entry
 
 log = structlog.get_logger(__name__)
 
@@ -114,18 +113,14 @@ class ResultRecorder:
                     await self._write_alone(item)
 
     async def _write_alone(self, item: _Item) -> None:
-        for attempt in (1, 2):
-            try:
-                await self._write([item])
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    item.done.set_exception(RuntimeError("the entry's key kept being created concurrently"))
-            except Exception as exc:
-                item.done.set_exception(exc)
-                return
+        try:
+            await self._write([item], alone=True)
+        except Exception as exc:
+            item.done.set_exception(exc)
 
-    async def _write(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: list[_Item], *, alone: bool = False) -> None:
+        """Write ``batch`` in one transaction; ``alone`` (one item) uses ``upsert_entry``,
+        which resolves a key created concurrently by another worker itself."""
         now = utcnow()
         resolved: list[tuple[_Item, RecordedResult | None]] = []
         async with self._db.transaction() as session:
@@ -138,9 +133,12 @@ class ResultRecorder:
                     by_project[item.project_id].append(item)
             rows: list[dict[str, Any]] = []
             for project_id, items in by_project.items():
-                outcomes = await upsert_entries(
-                    session, project_id, [i.entry_import for i in items if i.entry_import]
-                )
+                imports = [i.entry_import for i in items if i.entry_import]
+                if alone:
+                    (only,) = imports
+                    outcomes = [await upsert_entry(session, project_id, only.change, only.asset, only.origin)]
+                else:
+                    outcomes = await upsert_entries(session, project_id, imports)
                 for item, outcome in zip(items, outcomes, strict=True):
                     unchanged = outcome.action is UpsertAction.UNCHANGED
                     status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS

@@ -170,7 +170,8 @@ async def upsert_entries(
     the changed ones in another; outcomes in the order of ``imports``. A key
     named twice is created by the first and updated or left by the second.
     Raises IntegrityError when a concurrent transaction created one of the
-    keys first: the caller retries those imports one by one (``upsert_entry``).
+    keys first: the caller then retries those imports one by one with
+    ``upsert_entry``, which resolves that race within its transaction.
     """
     keys = {(i.change.system_name, i.change.external_id) for i in imports}
     entries = await repository.lock_entries_by_keys(session, project_id, keys)
