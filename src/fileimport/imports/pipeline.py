@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 import structlog
+from pydantic import ByteSize
 
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
 from fileimport.core.metrics import BYTES_FETCHED, FILE_SECONDS, FILES_IMPORTED
@@ -48,14 +49,6 @@ class JobContext:
     project_id: int
     system_name: str
     config: ProjectConfig
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
 
 
 # Types whose files are opened to read pixel size or duration (in a thread).
@@ -181,7 +174,8 @@ class FileImporter:
         if fetched.size > media_type.max_file_size:
             raise FileRejected(
                 "too_large",
-                f"The file is {_size(fetched.size)}, over the {_size(int(media_type.max_file_size))} "
+                f"The file is {ByteSize(fetched.size).human_readable()}, over the "
+                f"{media_type.max_file_size.human_readable()} "
                 f"limit of media type '{media_type.handle}'.",
             )
         self._check_metadata(media_type, file)

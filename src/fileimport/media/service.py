@@ -8,10 +8,12 @@ changed: update in place, same id, ``version`` + 1.
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -219,8 +221,6 @@ def _new_entry(
 
 def asset_url(public_url: str, entry: MediaEntry) -> str:
     """Absolute URL of the entry's bytes: ``{public_url}/assets/{mediaId}/{download name}``."""
-    from urllib.parse import quote
-
     return f"{public_url.rstrip('/')}/assets/{entry.id}/{quote(download_filename(entry))}"
 
 
@@ -243,8 +243,6 @@ _EXTENSIONS = {
 
 def download_filename(entry: MediaEntry) -> str:
     """``fileName`` plus the extension of the stored MIME type, unless it has it already."""
-    import mimetypes
-
     extension = _EXTENSIONS.get(entry.mime_type) or mimetypes.guess_extension(entry.mime_type) or ""
     name = entry.file_name.replace("/", "_").replace("\\", "_")
     if extension and not name.lower().endswith(extension):
