@@ -31,7 +31,6 @@ import hashlib
 import math
 import os
 import random
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,9 +51,9 @@ from fileimport.core.address_guard import (
     HostNotFoundError,
     create_guarded_transport,
     guard_from_settings,
-    parse_ip,
 )
 from fileimport.core.settings import Settings
+from fileimport.core.urls import host_problem
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +63,6 @@ HEAD_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 429})
 ACCEPTED_CONTENT_CODINGS = frozenset({"identity", "gzip", "deflate"})
-_HOST_NAME = re.compile(r"^[a-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
@@ -569,14 +567,13 @@ def parse_http_url(value: str) -> httpx2.URL:
 def _url_problem(url: httpx2.URL) -> str | None:
     if not url.scheme:
         return "it is not an absolute http or https URL"
-    host = url.raw_host.decode("ascii", "replace").lower()
-    if not host:
-        return "it names no host"
-    if parse_ip(host) is None and not _HOST_NAME.match(host):
-        return "its host is not a valid name or address"
-    if url.port is not None and not 0 < url.port < 65536:
+    # The same host and port rules as the API's check of posted URLs.
+    problem = host_problem(url.netloc.decode("ascii", "replace"))
+    if problem is None:
+        return None
+    if "port" in problem:
         return "its port is out of range"
-    return None
+    return "it names no host" if problem == "must name a host" else "its host is not a valid name or address"
 
 
 def _redirect_target(response: httpx2.Response, url: httpx2.URL) -> httpx2.URL:

@@ -23,10 +23,3 @@ class FileStatus(StrEnum):
     SUCCESS = "success"
     SKIPPED = "skipped"
     FAILED = "failed"
-
-    @property
-    def is_final(self) -> bool:
-        return self is not FileStatus.PENDING
-
-
-FINAL_FILE_STATUSES = (FileStatus.SUCCESS, FileStatus.SKIPPED, FileStatus.FAILED)
