@@ -23,7 +23,11 @@ class Topic(StrEnum):
 class Dispatcher(Protocol):
     """Wakes workers for a topic after the work was committed."""
 
-    def wake(self, topic: Topic) -> None: ...
+    def wake(self, topic: Topic) -> None:
+        """Signal that committed work for ``topic`` is waiting."""
+
+    async def wait(self, topic: Topic, seconds: float) -> None:
+        """Return when woken for ``topic`` or after ``seconds``, whichever is first."""
 
 
 class InProcessDispatcher:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fileimport.core.db import Database
-from fileimport.core.dispatch import InProcessDispatcher
+from fileimport.core.dispatch import Dispatcher, InProcessDispatcher
 from fileimport.core.settings import Settings
 from fileimport.core.storage import BlobStorage, open_storage
 
@@ -17,7 +17,7 @@ class Runtime:
     settings: Settings
     db: Database
     storage: BlobStorage
-    dispatcher: InProcessDispatcher
+    dispatcher: Dispatcher
 
     async def close(self) -> None:
         try:
