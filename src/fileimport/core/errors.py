@@ -197,19 +197,6 @@ def validation_message(error: dict[str, Any]) -> str:
     return str(error.get("msg", "is invalid"))
 
 
-def reject_repeated_query_parameters(request: Request) -> None:
-    """A dependency: 400 naming each query parameter given more than once (``?id=a&id=b``).
-
-    Starlette would silently use the last value; for a job id or a lookup key
-    that hides a client's bug. Declare it after the auth dependency so a
-    request without a token still gets 401.
-    """
-    names = [name for name, _ in request.query_params.multi_items()]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValidationFailed({name: "must be given once" for name in repeated})
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to the reference's error shape."""
 

@@ -19,8 +19,8 @@ from fileimport.core.errors import (
     NotFound,
     ValidationFailed,
     error_responses,
-    reject_repeated_query_parameters,
 )
+from fileimport.core.http import reject_repeated_query_parameters
 from fileimport.core.runtime import Runtime
 from fileimport.media import repository
 from fileimport.media.schemas import MediaEntryList, MediaEntryOut
