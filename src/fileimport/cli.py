@@ -128,7 +128,7 @@ def worker() -> None:
         finally:
             await runtime.close()
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": True})
 
 
 MIN_SAFE_BLOB_AGE = timedelta(minutes=10)

@@ -1,10 +1,12 @@
-"""The worker: leases import jobs and delivers webhooks until cancelled.
+"""The worker: leases files to import and delivers webhooks until cancelled.
 
-Jobs are leased in the database (``lease_owner``, ``lease_expires_at``) and the
-lease is renewed while the job runs; a worker killed mid-job stops renewing,
-and once the lease has expired any worker (the same service restarted, or
-another process) takes the job over and imports the files that have no
-result yet. Several workers may share one database.
+Files are leased in the database, a few at a time (``lease_owner``,
+``lease_expires_at`` on each file), and the leases are renewed while they
+run; a worker killed mid-import stops renewing, and once its leases have
+expired any worker (the same service restarted, or another process) takes
+those files. Several workers, in one or many processes and machines, share
+one database and so one job: each claim takes the next files of the job
+served least recently.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
-from fileimport.imports.tasks import run_import_job
+from fileimport.imports.tasks import INTERRUPTED_REASON, import_claimed_files
 from fileimport.media.tasks import delete_unreferenced_blobs
 from fileimport.webhooks.tasks import deliver_due_webhooks, seconds_until_next_delivery
 
@@ -41,13 +43,19 @@ class Worker:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.owner = f"{socket.gethostname()[:200]}:{os.getpid()}:{new_id(nbytes=4)}"
-        self.max_jobs = runtime.settings.worker_max_jobs
+        concurrency = runtime.settings.worker_concurrency
+        # Files per claim: small enough that workers sharing a job end it
+        # together, large enough that claims stay a small share of the writes.
+        self.claim_size = max(1, concurrency // 2)
+        # Files leased ahead of free import slots, so that no slot waits for
+        # a claim; what is leased and not started is handed back on shutdown.
+        self.max_held = concurrency + self.claim_size
         # Each worker process spools into its own folder, so that a restarted
         # one can remove what a killed one left behind without touching the
         # downloads of others sharing the data folder.
         self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
-        self.running: set[str] = set()
-        self.files_limiter = anyio.Semaphore(runtime.settings.worker_concurrency)
+        self.held: set[int] = set()
+        self.files_limiter = anyio.Semaphore(concurrency)
 
     async def run(self) -> None:
         """Work until cancelled."""
@@ -77,51 +85,75 @@ class Worker:
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
         settings = self.runtime.settings
         while True:
-            free = self.max_jobs - len(self.running)
-            if free > 0:
-                try:
-                    async with self.runtime.db.transaction() as session:
-                        now = utcnow()
-                        lease_until = now + timedelta(seconds=settings.worker_lease_seconds)
-                        job_ids = await repository.claim_jobs(session, self.owner, now, lease_until, free)
-                except Exception:
-                    log.exception("worker.claim_failed")
-                    job_ids = []
-                for job_id in job_ids:
-                    self.running.add(job_id)
-                    tg.start_soon(self._run_job, importer, job_id)
+            while len(self.held) + self.claim_size <= self.max_held:
+                claim = await self._claim()
+                if claim is None:
+                    break
+                if claim.exhausted:
+                    log.warning("import.files.interrupted", job_id=claim.job_id, files=claim.exhausted)
+                ids = [f.id for f in claim.files]
+                self.held.update(ids)
+                tg.start_soon(self._run_claim, importer, claim, ids)
             await self.runtime.dispatcher.wait(Topic.IMPORTS, settings.worker_poll_seconds)
 
-    async def _run_job(self, importer: FileImporter, job_id: str) -> None:
-        log.info("import.job.leased", job_id=job_id, owner=self.owner)
+    async def _claim(self) -> repository.ClaimedFiles | None:
+        """Lease the next files; None when there are none (or the database failed, logged)."""
+        settings = self.runtime.settings
         try:
-            await run_import_job(self.runtime, importer, job_id, self.files_limiter)
+            now = utcnow()
+            # A read first: idle workers poll often, and on SQLite a claim
+            # takes the write lock even when it finds nothing.
+            async with self.runtime.db.reader() as session:
+                if not await repository.any_claimable_files(session, now):
+                    return None
+            async with self.runtime.db.transaction() as session:
+                now = utcnow()
+                return await repository.claim_files(
+                    session,
+                    self.owner,
+                    now,
+                    now + timedelta(seconds=settings.worker_lease_seconds),
+                    self.claim_size,
+                    max_leases=settings.file_max_leases,
+                    interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
+                )
         except Exception:
-            # A fault not tied to one file (database, storage): the lease is
-            # released and the job is taken up again on a later poll.
-            log.exception("import.job.interrupted", job_id=job_id)
+            log.exception("worker.claim_failed")
+            return None
+
+    async def _run_claim(
+        self, importer: FileImporter, claim: repository.ClaimedFiles, ids: list[int]
+    ) -> None:
+        log.debug("import.files.leased", job_id=claim.job_id, files=len(ids), owner=self.owner)
+        try:
+            await import_claimed_files(self.runtime, importer, claim, self.files_limiter)
+        except Exception:
+            # A fault not tied to one file (database, storage): the leases are
+            # handed back and the files taken up again by a later claim.
+            log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
         finally:
-            self.running.discard(job_id)
-            # Shielded: on shutdown the job is cancelled, and its lease must
-            # still be handed back so another worker can take it at once.
+            # Shielded: on shutdown the import is cancelled, and the leases of
+            # unfinished files must still be handed back so that another
+            # worker can take them at once.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
                     async with self.runtime.db.transaction() as session:
-                        await repository.release_lease(session, self.owner, job_id)
+                        await repository.release_file_leases(session, self.owner, ids)
                 except Exception:
-                    log.exception("import.job.release_failed", job_id=job_id)
+                    log.exception("import.files.release_failed", job_id=claim.job_id)
+            self.held.difference_update(ids)
             self.runtime.dispatcher.wake(Topic.IMPORTS)
 
     async def _lease_loop(self) -> None:
         settings = self.runtime.settings
         while True:
             await anyio.sleep(settings.worker_lease_seconds / 3)
-            if not self.running:
+            if not self.held:
                 continue
             try:
                 async with self.runtime.db.transaction() as session:
                     lease_until = utcnow() + timedelta(seconds=settings.worker_lease_seconds)
-                    await repository.renew_leases(session, self.owner, list(self.running), lease_until)
+                    await repository.renew_file_leases(session, self.owner, sorted(self.held), lease_until)
             except Exception:
                 log.exception("worker.lease_renewal_failed")
 

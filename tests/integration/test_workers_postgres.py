@@ -2,11 +2,10 @@
 
 Every process has its own data folder (nothing local is shared, as on
 separate machines) and is configured only by ``FILEIMPORT_*`` environment
-variables. Jobs are leased whole, so several jobs are posted: one of 200
-files and six that import overlapping keys of one system at the same time.
-Each file must get exactly one result, each key exactly one media library
-entry, each job exactly one lease and one webhook, and both workers must
-have run jobs.
+variables. Workers lease files a few at a time, so the job of 200 files
+must be shared by both workers; six more jobs import overlapping keys of
+one system at the same time. Each file must get exactly one result and
+one lease, each key exactly one media library entry, each job one webhook.
 """
 
 from __future__ import annotations
@@ -155,8 +154,8 @@ def test_two_workers_share_the_jobs_and_every_file_gets_exactly_one_result(
         "FILEIMPORT_STORAGE_URL": storage_url,
         "FILEIMPORT_STORAGE_OPTIONS": json.dumps(s3_bucket.options),
         "FILEIMPORT_WORKER_POLL_SECONDS": "0.2",
-        # At most two jobs at once per worker: seven jobs cannot all go to one.
-        "FILEIMPORT_WORKER_MAX_JOBS": "2",
+        # Claims of 4 files: the bulk job is 50 claims, too many for one worker to take all.
+        "FILEIMPORT_WORKER_CONCURRENCY": "8",
         "FILEIMPORT_LOG_JSON": "true",
     }
     api_env = service_env(tmp_path / "api", **shared, FILEIMPORT_NO_WORKER="true")
@@ -219,12 +218,15 @@ def test_two_workers_share_the_jobs_and_every_file_gets_exactly_one_result(
     assert set(successes.values()) == {1}
     assert all(len(ids) == 1 for ids in media_ids.values())
 
-    # One entry per key with the origin's bytes; one lease per job, all released.
+    # One entry per key with the origin's bytes; one lease per file, all released.
     with psycopg.connect(libpq(postgres_url)) as conn:
         entries = conn.execute(
             "SELECT system_name, external_id, sha256, version FROM media_entries"
         ).fetchall()
-        jobs = conn.execute("SELECT id, attempts, lease_owner, lease_expires_at FROM import_jobs").fetchall()
+        leases = conn.execute(
+            "SELECT leases, lease_owner, lease_expires_at, count(*) FROM import_files"
+            " GROUP BY leases, lease_owner, lease_expires_at"
+        ).fetchall()
         pending = conn.execute("SELECT count(*) FROM import_files WHERE status = 'pending'").fetchone()
     keys = Counter((system, external_id) for system, external_id, _, _ in entries)
     assert keys.most_common(1)[0][1] == 1
@@ -232,17 +234,21 @@ def test_two_workers_share_the_jobs_and_every_file_gets_exactly_one_result(
     for _, external_id, sha256, version in entries:
         assert sha256 == hashlib.sha256(contents[external_id]).hexdigest()
         assert version == 1
-    assert sorted(jobs) == sorted((job_id, 1, None, None) for job_id in [bulk_job, *sync_jobs])
+    assert leases == [(1, None, None, BULK_FILES + SYNC_JOBS * SYNC_JOB_FILES)]
     assert pending == (0,)
 
-    # Both workers ran jobs; no file was imported twice; nothing went wrong.
-    leased = {
-        n: [e["job_id"] for e in w.events() if e["event"] == "import.job.leased"]
-        for n, w in enumerate(workers)
-    }
-    assert sorted(leased[0] + leased[1]) == sorted([bulk_job, *sync_jobs])
-    assert leased[0], f"worker {owners[0]} ran no job"
-    assert leased[1], f"worker {owners[1]} ran no job"
+    # Both workers imported files of the bulk job, none twice; nothing went wrong.
+    imported = [
+        [
+            e["external_id"]
+            for e in w.events()
+            if e["event"] == "import.file.imported" and e["job_id"] == bulk_job
+        ]
+        for w in workers
+    ]
+    assert sorted(imported[0] + imported[1]) == bulk_ids
+    assert imported[0], f"worker {owners[0]} imported no file of the bulk job"
+    assert imported[1], f"worker {owners[1]} imported no file of the bulk job"
     for worker in workers:
         events = worker.events()
         assert [e for e in events if e["event"] == "import.file.already_recorded"] == []

@@ -75,15 +75,21 @@ class Settings(BaseSettings):
     # Worker
     worker_concurrency: int = Field(default=16, ge=1, le=1024)
     worker_lease_seconds: float = Field(default=30.0, gt=0)
-    worker_poll_seconds: float = Field(default=1.0, gt=0)
-    worker_max_jobs: int = Field(default=4, ge=1, le=256)
+    worker_poll_seconds: float = Field(
+        default=0.25, gt=0, description="How often an idle worker looks for files to import."
+    )
     blob_sweep_interval: timedelta = Field(
         default=timedelta(hours=1), description="How often a worker deletes unreferenced blobs."
     )
     blob_sweep_min_age: timedelta = Field(
         default=timedelta(hours=1), description="Unreferenced blobs younger than this are kept."
     )
-    job_max_attempts: int = Field(default=5, ge=1, le=100)
+    file_max_leases: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Leases a file may take without finishing (its worker died) before it fails.",
+    )
 
     # Fetching
     fetch_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)

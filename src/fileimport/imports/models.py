@@ -15,13 +15,14 @@ from fileimport.imports.states import FileStatus, JobState
 class ImportJob(Base):
     """One posted batch.
 
-    ``lease_owner``/``lease_expires_at`` say which worker runs it; ``attempts``
-    counts the leases taken, so a job that keeps dying (a fault not tied to
-    one file) ends ``failed`` instead of being retried for ever.
+    Workers lease its files, not the job (see ``ImportFile``), so several
+    workers can share one large job; ``claimed_at`` is when files of the job
+    were last leased, and a worker leases from the job served least recently,
+    so a huge job does not hold back the jobs posted after it.
     """
 
     __tablename__ = "import_jobs"
-    __table_args__ = (Index(None, "state", "lease_expires_at"),)
+    __table_args__ = (Index(None, "state", "claimed_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -33,13 +34,19 @@ class ImportJob(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(255))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ImportFile(Base):
-    """One file of a job, in batch order, and its final result once it has one."""
+    """One file of a job, in batch order, and its final result once it has one.
+
+    While pending, a worker imports it under a lease (``lease_owner`` until
+    ``lease_expires_at``, renewed while it runs); a worker that dies stops
+    renewing, and once the lease has expired another worker takes the file.
+    ``leases`` counts the leases taken, so a file whose import keeps killing
+    its worker ends ``failed`` instead of being retried for ever.
+    ``attempts`` is the number of requests sent to the origin.
+    """
 
     __tablename__ = "import_files"
     __table_args__ = (
@@ -61,6 +68,9 @@ class ImportFile(Base):
     media_id: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    leases: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class IdempotencyKey(Base):

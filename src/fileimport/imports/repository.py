@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.imports.models import IdempotencyKey, ImportFile, ImportJob
 from fileimport.imports.states import FileStatus, JobState
+
+CLAIM_JOB_CANDIDATES = 8
+"""Started jobs looked at per claim, least recently served first; a job whose
+pending files are all leased by live workers is passed over for the next."""
+
+IN_CHUNK = 500
+"""Ids per ``IN (...)`` list: well under SQLite's and PostgreSQL's parameter limits."""
 
 
 async def insert_files(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -40,76 +48,149 @@ async def list_files(session: AsyncSession, job_id: str) -> Sequence[ImportFile]
     return rows.scalars().all()
 
 
-async def list_pending_files(session: AsyncSession, job_id: str, limit: int) -> Sequence[ImportFile]:
-    rows = await session.execute(
-        select(ImportFile)
-        .where(ImportFile.job_id == job_id, ImportFile.status == FileStatus.PENDING)
-        .order_by(ImportFile.position)
-        .limit(limit)
-    )
-    return rows.scalars().all()
+@dataclass(frozen=True)
+class ClaimedFiles:
+    """Files of one job leased by one claim, in batch order.
 
-
-async def fail_pending_files(
-    session: AsyncSession, job_id: str, code: str, reason: str, now: datetime
-) -> None:
-    await session.execute(
-        update(ImportFile)
-        .where(ImportFile.job_id == job_id, ImportFile.status == FileStatus.PENDING)
-        .values(status=FileStatus.FAILED, code=code, reason=reason, finished_at=now)
-    )
-
-
-async def claim_jobs(
-    session: AsyncSession, owner: str, now: datetime, lease_until: datetime, limit: int
-) -> list[str]:
-    """Lease up to ``limit`` started jobs whose lease is free or expired; returns their ids.
-
-    Each claim counts as one attempt of the job. ``SKIP LOCKED`` keeps
-    PostgreSQL workers from waiting on each other; SQLite serialises writers.
+    ``files`` are to be imported; ``exhausted`` had been leased
+    ``max_leases`` times already without finishing and were given ``failed``
+    in the claiming transaction.
     """
-    candidates = (
-        (
+
+    job_id: str
+    files: list[ImportFile]
+    exhausted: int
+
+
+async def claim_files(
+    session: AsyncSession,
+    owner: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    *,
+    max_leases: int,
+    interrupted_reason: str,
+) -> ClaimedFiles | None:
+    """Lease up to ``limit`` pending files of one started job; None when no file is free.
+
+    The job is the one whose files were leased least recently (round robin,
+    so every running job progresses); within it, files go in batch order. A
+    file is free when it has no lease or its lease expired before ``now``.
+    Each claim counts one lease per file; a file already leased
+    ``max_leases`` times fails with code ``interrupted`` and
+    ``interrupted_reason`` instead of being leased again. ``SKIP LOCKED``
+    keeps PostgreSQL workers from waiting on each other; SQLite serialises
+    writers (BEGIN IMMEDIATE).
+    """
+    jobs = (
+        await session.execute(
+            select(ImportJob.id)
+            .where(ImportJob.state == JobState.STARTED)
+            .order_by(ImportJob.claimed_at.is_not(None), ImportJob.claimed_at, ImportJob.started_at)
+            .limit(CLAIM_JOB_CANDIDATES)
+        )
+    ).scalars()
+    for job_id in jobs:
+        rows = (
             await session.execute(
-                select(ImportJob.id)
+                select(ImportFile.id, ImportFile.leases)
                 .where(
-                    ImportJob.state == JobState.STARTED,
-                    or_(ImportJob.lease_expires_at.is_(None), ImportJob.lease_expires_at < now),
+                    ImportFile.job_id == job_id,
+                    ImportFile.status == FileStatus.PENDING,
+                    or_(ImportFile.lease_expires_at.is_(None), ImportFile.lease_expires_at < now),
                 )
-                .order_by(ImportJob.started_at)
+                .order_by(ImportFile.position)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
+        ).all()
+        if not rows:
+            continue
+        await session.execute(update(ImportJob).where(ImportJob.id == job_id).values(claimed_at=now))
+        exhausted = [file_id for file_id, leases in rows if leases >= max_leases]
+        if exhausted:
+            await session.execute(
+                update(ImportFile)
+                .where(ImportFile.id.in_(exhausted))
+                .values(
+                    status=FileStatus.FAILED,
+                    code="interrupted",
+                    reason=interrupted_reason,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        leased = [file_id for file_id, leases in rows if leases < max_leases]
+        files: list[ImportFile] = []
+        if leased:
+            await session.execute(
+                update(ImportFile)
+                .where(ImportFile.id.in_(leased))
+                .values(lease_owner=owner, lease_expires_at=lease_until, leases=ImportFile.leases + 1)
+            )
+            files = list(
+                (
+                    await session.execute(
+                        select(ImportFile).where(ImportFile.id.in_(leased)).order_by(ImportFile.position)
+                    )
+                ).scalars()
+            )
+        return ClaimedFiles(job_id, files, len(exhausted))
+    return None
+
+
+async def any_claimable_files(session: AsyncSession, now: datetime) -> bool:
+    """Whether some started job has a pending file with no live lease (a cheap read before claiming)."""
+    query = (
+        select(ImportFile.id)
+        .join(ImportJob, ImportJob.id == ImportFile.job_id)
+        .where(
+            ImportJob.state == JobState.STARTED,
+            ImportFile.status == FileStatus.PENDING,
+            or_(ImportFile.lease_expires_at.is_(None), ImportFile.lease_expires_at < now),
         )
-        .scalars()
-        .all()
+        .limit(1)
     )
-    if candidates:
-        await session.execute(
-            update(ImportJob)
-            .where(ImportJob.id.in_(candidates))
-            .values(lease_owner=owner, lease_expires_at=lease_until, attempts=ImportJob.attempts + 1)
-        )
-    return list(candidates)
+    return (await session.execute(query)).first() is not None
 
 
-async def renew_leases(
-    session: AsyncSession, owner: str, job_ids: Sequence[str], lease_until: datetime
+async def renew_file_leases(
+    session: AsyncSession, owner: str, file_ids: Sequence[int], lease_until: datetime
 ) -> None:
-    if job_ids:
+    """Extend this owner's leases on ``file_ids`` (those still pending) to ``lease_until``."""
+    for start in range(0, len(file_ids), IN_CHUNK):
         await session.execute(
-            update(ImportJob)
-            .where(ImportJob.id.in_(job_ids), ImportJob.lease_owner == owner)
+            update(ImportFile)
+            .where(
+                ImportFile.id.in_(file_ids[start : start + IN_CHUNK]),
+                ImportFile.lease_owner == owner,
+                ImportFile.status == FileStatus.PENDING,
+            )
             .values(lease_expires_at=lease_until)
         )
 
 
-async def release_lease(session: AsyncSession, owner: str, job_id: str) -> None:
-    await session.execute(
-        update(ImportJob)
-        .where(ImportJob.id == job_id, ImportJob.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
+async def release_file_leases(session: AsyncSession, owner: str, file_ids: Sequence[int]) -> None:
+    """Hand back this owner's leases on ``file_ids`` that are still pending, so any worker can
+    take them at once; a lease handed back (a clean shutdown) does not count against ``max_leases``."""
+    for start in range(0, len(file_ids), IN_CHUNK):
+        await session.execute(
+            update(ImportFile)
+            .where(
+                ImportFile.id.in_(file_ids[start : start + IN_CHUNK]),
+                ImportFile.lease_owner == owner,
+                ImportFile.status == FileStatus.PENDING,
+            )
+            .values(lease_owner=None, lease_expires_at=None, leases=ImportFile.leases - 1)
+        )
+
+
+async def has_pending_files(session: AsyncSession, job_id: str) -> bool:
+    """Whether any file of ``job_id`` still has no result (one index probe, whatever the job's size)."""
+    query = select(ImportFile.id).where(ImportFile.job_id == job_id, ImportFile.status == FileStatus.PENDING)
+    return (await session.execute(query.limit(1))).first() is not None
 
 
 async def get_idempotency_key(session: AsyncSession, project_id: int, key: str) -> IdempotencyKey | None:
@@ -146,6 +227,8 @@ _RECORD_RESULT = (
         reason=bindparam("b_reason"),
         attempts=bindparam("b_attempts"),
         finished_at=bindparam("b_finished_at"),
+        lease_owner=None,
+        lease_expires_at=None,
     )
 )
 

@@ -1,4 +1,4 @@
-"""Background work of the import feature: running a leased job to its end."""
+"""Background work of the import feature: importing leased files and finishing their job."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.pipeline import FileImporter, JobContext
-from fileimport.imports.states import FileStatus, JobState
-from fileimport.media.models import MediaEntry
+from fileimport.imports.states import JobState
 from fileimport.media.repository import list_entries_by_keys
 from fileimport.projects.models import Project
 from fileimport.projects.service import project_config
@@ -22,55 +21,45 @@ from fileimport.webhooks.service import schedule_delivery
 
 log = structlog.get_logger(__name__)
 
-PRELOAD_CHUNK = 500
+INTERRUPTED_REASON = (
+    "The import of this file was started {leases} times and never finished: each time its "
+    "worker stopped (killed, crashed or lost the database) before recording a result; see the "
+    "service log."
+)
 
 
-async def run_import_job(
-    runtime: Runtime, importer: FileImporter, job_id: str, limiter: anyio.Semaphore
+async def import_claimed_files(
+    runtime: Runtime, importer: FileImporter, claim: repository.ClaimedFiles, limiter: anyio.Semaphore
 ) -> None:
-    """Import every pending file of ``job_id``, then finish the job.
+    """Import the files of one claim (all of one job), then finish the job if none is pending.
 
-    The caller holds the job's lease. Files are imported concurrently, at most
-    as many at once as ``limiter`` allows across every job of this worker. A
-    file that already has a result (from a run before a crash) is not touched.
-    A job leased more than ``job_max_attempts`` times ends ``failed``.
+    The caller holds the files' leases. Files are imported concurrently, at
+    most as many at once as ``limiter`` allows across every claim of this
+    worker. A file given a result
+    meanwhile by another worker (after its lease expired here) is left as it is.
     """
-    async with runtime.db.transaction() as session:
-        job = await repository.get_job(session, job_id)
-        if job is None or job.state != JobState.STARTED:
-            return
-        attempts = job.attempts
-        project = await session.get(Project, job.project_id)
-        assert project is not None  # noqa: S101 - foreign key
-        ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
-        pending = list(await repository.list_pending_files(session, job_id, limit=job.total_files))
-        existing: dict[str, MediaEntry] = {}
-        for start in range(0, len(pending), PRELOAD_CHUNK):
-            chunk = [f.external_id for f in pending[start : start + PRELOAD_CHUNK]]
-            existing.update(await list_entries_by_keys(session, job.project_id, job.system_name, chunk))
-    if attempts > runtime.settings.job_max_attempts:
-        await fail_job(
-            runtime,
-            job_id,
-            "job_interrupted",
-            f"The job was interrupted {attempts - 1} times by faults not tied to one file "
-            "(see the service log); its unfinished files were not imported.",
-        )
-        return
-    log.info("import.job.running", job_id=job_id, pending=len(pending), attempt=attempts)
+    if claim.files:
+        async with runtime.db.reader() as session:
+            job = await repository.get_job(session, claim.job_id)
+            if job is None or job.state != JobState.STARTED:
+                return
+            project = await session.get(Project, job.project_id)
+            assert project is not None  # noqa: S101 - foreign key
+            ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
+            keys = [f.external_id for f in claim.files]
+            existing = await list_entries_by_keys(session, job.project_id, job.system_name, keys)
 
-    async def import_one(file: ImportFile) -> None:
-        try:
-            await importer.import_file(ctx, file, existing.get(file.external_id))
-        finally:
-            limiter.release()
+        async def import_one(file: ImportFile) -> None:
+            try:
+                await importer.import_file(ctx, file, existing.get(file.external_id))
+            finally:
+                limiter.release()
 
-    async with anyio.create_task_group() as tg:
-        for file in pending:
-            await limiter.acquire()
-            tg.start_soon(import_one, file)
-
-    await finish_job_if_done(runtime, job_id)
+        async with anyio.create_task_group() as tg:
+            for file in claim.files:
+                await limiter.acquire()
+                tg.start_soon(import_one, file)
+    await finish_job_if_done(runtime, claim.job_id)
 
 
 async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
@@ -81,13 +70,11 @@ async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
         ).scalar_one_or_none()
         if job is None or job.state != JobState.STARTED:
             return False
-        counts = await repository.count_files_by_status(session, job_id)
-        if counts.get(FileStatus.PENDING, 0):
+        if await repository.has_pending_files(session, job_id):
             return False
+        counts = await repository.count_files_by_status(session, job_id)
         job.state = JobState.SUCCESS
         job.finished_at = utcnow()
-        job.lease_owner = None
-        job.lease_expires_at = None
         files = list(await repository.list_files(session, job_id))
         delivery = schedule_delivery(session, job, files)
     JOBS_FINISHED.labels(state=JobState.SUCCESS).inc()
@@ -100,26 +87,3 @@ async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
     if delivery is not None:
         runtime.dispatcher.wake(Topic.WEBHOOKS)
     return True
-
-
-async def fail_job(runtime: Runtime, job_id: str, code: str, reason: str) -> None:
-    """End the job as ``failed``: its unfinished files fail with ``reason``; the webhook is scheduled."""
-    async with runtime.db.transaction() as session:
-        job = (
-            await session.execute(select(ImportJob).where(ImportJob.id == job_id).with_for_update())
-        ).scalar_one_or_none()
-        if job is None or job.state != JobState.STARTED:
-            return
-        now = utcnow()
-        await repository.fail_pending_files(session, job_id, code, reason, now)
-        job.state = JobState.FAILED
-        job.failure_reason = reason
-        job.finished_at = now
-        job.lease_owner = None
-        job.lease_expires_at = None
-        files = list(await repository.list_files(session, job_id))
-        delivery = schedule_delivery(session, job, files)
-    JOBS_FINISHED.labels(state=JobState.FAILED).inc()
-    log.warning("import.job.failed", job_id=job_id, code=code, reason=reason)
-    if delivery is not None:
-        runtime.dispatcher.wake(Topic.WEBHOOKS)

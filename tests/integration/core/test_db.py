@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from fileimport.core.db import Database, utcnow
 from fileimport.core.settings import Settings
 from fileimport.imports import repository
-from fileimport.imports.models import ImportJob
+from fileimport.imports.models import ImportFile, ImportJob
+from fileimport.imports.states import FileStatus
 from fileimport.media.models import MediaEntry
 from fileimport.media.service import EntryChange, OriginValidators, StoredAsset, UpsertAction, upsert_entry
 from fileimport.projects.service import create_project
@@ -57,35 +58,110 @@ async def test_timestamps_come_back_as_utc_whatever_the_session_time_zone(db: Da
     assert job.started_at.isoformat() == "2026-03-28T19:45:15.123456+00:00"
 
 
-async def test_claim_takes_free_and_expired_leases_only(db: Database) -> None:
+def new_file(job_id: str, position: int, **values: object) -> ImportFile:
+    return ImportFile(
+        job_id=job_id,
+        position=position,
+        external_id=f"{job_id}-{position}",
+        url=f"http://127.0.0.1:9/{position}.png",
+        file_name=f"{position}.png",
+        metadata_={},
+        **values,
+    )
+
+
+async def claim(db: Database, owner: str, now: datetime, limit: int = 10) -> repository.ClaimedFiles | None:
+    async with db.transaction() as session:
+        return await repository.claim_files(
+            session, owner, now, now + timedelta(seconds=30), limit, max_leases=3, interrupted_reason="gone"
+        )
+
+
+async def test_claim_takes_free_and_expired_leases_only_in_batch_order(db: Database) -> None:
     project_id = await new_project_id(db)
     now = utcnow()
     async with db.transaction() as session:
-        session.add(new_job(project_id, "free", started_at=now - timedelta(seconds=3)))
-        session.add(
-            new_job(
-                project_id,
-                "expired",
-                started_at=now - timedelta(seconds=2),
-                lease_owner="gone",
-                lease_expires_at=now - timedelta(milliseconds=1),
-            )
-        )
-        session.add(
-            new_job(
-                project_id,
-                "leased",
-                started_at=now - timedelta(seconds=1),
-                lease_owner="alive",
-                lease_expires_at=now + timedelta(seconds=30),
-            )
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all(
+            [
+                new_file("j", 0),
+                new_file("j", 1, lease_owner="alive", lease_expires_at=now + timedelta(seconds=30)),
+                new_file("j", 2, lease_owner="gone", lease_expires_at=now - timedelta(milliseconds=1)),
+                new_file("j", 3, status=FileStatus.SUCCESS),
+                new_file("j", 4),
+            ]
         )
 
+    claimed = await claim(db, "me", now)
+    assert claimed is not None
+    assert [f.position for f in claimed.files] == [0, 2, 4]
+    assert {(f.lease_owner, f.leases) for f in claimed.files} == {("me", 1)}
+    assert await claim(db, "other", now) is None
+    # Once the leases have expired, another worker takes the files over.
+    later = now + timedelta(seconds=31)
+    taken_over = await claim(db, "other", later)
+    assert taken_over is not None
+    assert [(f.position, f.leases) for f in taken_over.files] == [(0, 2), (1, 1), (2, 2), (4, 2)]
+
+
+async def test_claims_go_round_robin_across_jobs_and_split_a_job_between_workers(db: Database) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
     async with db.transaction() as session:
-        claimed = await repository.claim_jobs(session, "me", now, now + timedelta(seconds=30), 10)
-    assert claimed == ["free", "expired"]
+        session.add(new_job(project_id, "big", started_at=now - timedelta(seconds=2)))
+        session.add(new_job(project_id, "small", started_at=now - timedelta(seconds=1)))
+        await session.flush()
+        session.add_all([new_file("big", i) for i in range(6)] + [new_file("small", i) for i in range(2)])
+
+    claims = [await claim(db, owner, now, limit=2) for owner in ("w1", "w2", "w1", "w2")]
+    assert [(c.job_id, [f.position for f in c.files]) for c in claims if c] == [
+        ("big", [0, 1]),
+        ("small", [0, 1]),
+        ("big", [2, 3]),
+        ("big", [4, 5]),
+    ]
+
+
+async def test_a_file_leased_too_often_fails_as_interrupted_instead_of_being_leased_again(
+    db: Database,
+) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
     async with db.transaction() as session:
-        assert await repository.claim_jobs(session, "other", now, now + timedelta(seconds=30), 10) == []
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all([new_file("j", 0, leases=3), new_file("j", 1, leases=2)])
+
+    claimed = await claim(db, "me", now)
+    assert claimed is not None
+    assert claimed.exhausted == 1
+    assert [(f.position, f.leases) for f in claimed.files] == [(1, 3)]
+    async with db.sessionmaker() as session:
+        files = (await session.execute(select(ImportFile).order_by(ImportFile.position))).scalars().all()
+    assert [(f.status, f.code, f.reason) for f in files] == [
+        (FileStatus.FAILED, "interrupted", "gone"),
+        (FileStatus.PENDING, None, None),
+    ]
+
+
+async def test_released_leases_are_free_at_once_and_not_counted(db: Database) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all([new_file("j", 0), new_file("j", 1)])
+    claimed = await claim(db, "me", now)
+    assert claimed is not None
+    async with db.transaction() as session:
+        await repository.release_file_leases(session, "someone-else", [f.id for f in claimed.files])
+    assert await claim(db, "other", now) is None
+    async with db.transaction() as session:
+        await repository.release_file_leases(session, "me", [f.id for f in claimed.files])
+    again = await claim(db, "other", now)
+    assert again is not None
+    assert [(f.position, f.leases, f.lease_owner) for f in again.files] == [(0, 1, "other"), (1, 1, "other")]
 
 
 async def test_two_transactions_racing_on_one_key_make_one_entry(db: Database) -> None:
@@ -143,7 +219,7 @@ async def test_json_metadata_round_trips_unicode_and_nesting(db: Database) -> No
     assert again.action is UpsertAction.UNCHANGED
 
 
-async def test_a_worker_on_a_host_with_a_long_name_can_lease_jobs(
+async def test_a_worker_on_a_host_with_a_long_name_can_lease_files(
     db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Kubernetes pod host names reach 63 characters; the lease owner must fit its column (PostgreSQL enforces it)."""
@@ -153,5 +229,8 @@ async def test_a_worker_on_a_host_with_a_long_name_can_lease_jobs(
     now = utcnow()
     async with db.transaction() as session:
         session.add(new_job(project_id, "j1", started_at=now))
-    async with db.transaction() as session:
-        assert await repository.claim_jobs(session, owner, now, now + timedelta(seconds=30), 1) == ["j1"]
+        await session.flush()
+        session.add(new_file("j1", 0))
+    claimed = await claim(db, owner, now)
+    assert claimed is not None
+    assert claimed.files[0].lease_owner == owner

@@ -1,33 +1,35 @@
-"""A job that keeps losing its worker ends ``failed`` instead of being retried for ever."""
+"""A file whose import keeps killing its worker fails as ``interrupted`` instead of being retried for ever."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
 from sqlalchemy import update
 
 from fileimport.auth.service import Principal
+from fileimport.core.db import utcnow
 from fileimport.core.fetcher import OriginFetcher
 from fileimport.core.runtime import open_runtime
 from fileimport.core.settings import Settings
 from fileimport.imports import repository
-from fileimport.imports.models import ImportJob
+from fileimport.imports.models import ImportFile
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
 from fileimport.imports.states import FileStatus, JobState
-from fileimport.imports.tasks import run_import_job
+from fileimport.imports.tasks import INTERRUPTED_REASON, import_claimed_files
 from fileimport.projects.models import Project
 from fileimport.webhooks.repository import get_delivery_for_job
 from tests.support.service import migrate_async
 
 
-async def test_job_past_its_attempts_fails_its_pending_files_and_schedules_the_webhook(
+async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhook(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(data_dir=tmp_path, job_max_attempts=2)
+    settings = Settings(data_dir=tmp_path, file_max_leases=2)
     await migrate_async(settings.resolved_database_url)
     runtime = open_runtime(settings)
     try:
@@ -47,15 +49,29 @@ async def test_job_past_its_attempts_fails_its_pending_files_and_schedules_the_w
                 }
             )
             job_id = await create_job(session, principal, request)
-            # Three leases taken, none finished: the third is past job_max_attempts=2.
-            await session.execute(update(ImportJob).where(ImportJob.id == job_id).values(attempts=3))
+            # Both files were leased twice (file_max_leases) and never finished.
+            await session.execute(update(ImportFile).where(ImportFile.job_id == job_id).values(leases=2))
+
+        async with runtime.db.transaction() as session:
+            now = utcnow()
+            claim = await repository.claim_files(
+                session,
+                "w",
+                now,
+                now + timedelta(seconds=30),
+                10,
+                max_leases=settings.file_max_leases,
+                interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
+            )
+        assert claim is not None
+        assert (claim.files, claim.exhausted) == ([], 2)
 
         async with (
             OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher,
             ResultRecorder(runtime.db) as recorder,
         ):
-            await run_import_job(
-                runtime, FileImporter(runtime, fetcher, recorder), job_id, anyio.Semaphore(4)
+            await import_claimed_files(
+                runtime, FileImporter(runtime, fetcher, recorder), claim, anyio.Semaphore(4)
             )
 
         async with runtime.db.transaction() as session:
@@ -63,10 +79,10 @@ async def test_job_past_its_attempts_fails_its_pending_files_and_schedules_the_w
             files = await repository.list_files(session, job_id)
             delivery = await get_delivery_for_job(session, job_id)
         assert job is not None
-        assert job.state is JobState.FAILED
-        assert "interrupted 2 times" in (job.failure_reason or "")
-        assert [(f.status, f.code) for f in files] == [(FileStatus.FAILED, "job_interrupted")] * 2
+        assert job.state is JobState.SUCCESS
+        assert [(f.status, f.code) for f in files] == [(FileStatus.FAILED, "interrupted")] * 2
+        assert all("started 2 times and never finished" in (f.reason or "") for f in files)
         assert delivery is not None
-        assert '"state":"failed"' in delivery.payload
+        assert '"code":"interrupted"' in delivery.payload
     finally:
         await runtime.close()
