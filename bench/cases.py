@@ -32,6 +32,7 @@ class Settings:
 
     runs: int
     concurrency: int
+    worker_processes: int
     calls: int
     poll: float
     big_bytes: int
@@ -106,7 +107,18 @@ class BackendBench:
         self.big_name = big_name
         self.s = settings
         self.data_dir = settings.workdir / f"{backend.key}-data"
-        self.env = service_env(self.data_dir, settings.concurrency, backend.database_url, settings.source)
+        self.env = service_env(
+            self.data_dir,
+            settings.concurrency,
+            backend.database_url,
+            settings.source,
+            worker_processes=settings.worker_processes,
+        )
+        # One file is one worker's work: (c) runs serve alone, so that its peak
+        # RSS is the whole service's and no idle worker process is counted.
+        self.single_process_env = service_env(
+            self.data_dir, settings.concurrency, backend.database_url, settings.source
+        )
         self.log_path = settings.workdir / f"{backend.key}-service.log"
         self.results: dict[str, Any] = {}
         self.finished_job: str | None = None
@@ -222,7 +234,7 @@ class BackendBench:
             curl = curl_download([url], self.s.workdir / "curl-out", parallel=self.s.concurrency)
             os.sync()
             # A fresh process per run: VmHWM is the peak of the process's whole life.
-            with serve(self.env, token, self.log_path) as service:
+            with serve(self.single_process_env, token, self.log_path) as service:
                 idle_rss = service.rss()
                 body = json.dumps(
                     {

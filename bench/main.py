@@ -54,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--backends", default="sqlite,postgresql", help="columns: sqlite, postgresql (default both)"
     )
     parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=max(0, (os.cpu_count() or 1) - 1),
+        help="fileimport serve --worker-processes for (a), (b), (d): workers beside serve's own; "
+        "the concurrency is split between the processes (default: cores - 1)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=16,
@@ -228,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         runs=args.runs,
         concurrency=args.concurrency,
+        worker_processes=args.worker_processes,
         calls=args.calls,
         poll=args.poll,
         big_bytes=args.big_mib * 2**20,
@@ -244,9 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "concurrency": args.concurrency,
             "service_env": {
-                "FILEIMPORT_WORKER_CONCURRENCY": args.concurrency,
-                "FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY": args.concurrency,
+                "FILEIMPORT_WORKER_PROCESSES": args.worker_processes,
+                "FILEIMPORT_WORKER_CONCURRENCY": max(1, args.concurrency // (args.worker_processes + 1)),
+                "FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY": max(
+                    1, args.concurrency // (args.worker_processes + 1)
+                ),
                 "FILEIMPORT_LOG_LEVEL": "WARNING",
+                "case_c": "FILEIMPORT_WORKER_PROCESSES=0, concurrency not split",
             },
             "curl": f"curl {curl} --parallel --parallel-max {args.concurrency} (to disk)",
             "latency_calls_per_run": args.calls,
@@ -307,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(
             f"fileimport bench, {document['date']}: {info['cores']} cores, median of {args.runs} run(s); "
-            f"MB = 10^6 bytes; concurrency {args.concurrency} for both sides "
-            f"(FILEIMPORT_WORKER_CONCURRENCY = FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY = "
-            f"curl --parallel-max = {args.concurrency})"
+            f"MB = 10^6 bytes; concurrency {args.concurrency} for both sides: curl --parallel-max "
+            f"{args.concurrency}; fileimport serve --worker-processes {args.worker_processes}, i.e. "
+            f"{args.worker_processes + 1} worker process(es) x FILEIMPORT_WORKER_CONCURRENCY = "
+            f"FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY = "
+            f"{max(1, args.concurrency // (args.worker_processes + 1))} "
+            f"((c): serve alone, concurrency {args.concurrency})"
         )
         print(f"origin: {document['origin']['server']} on 127.0.0.1; ceiling: {document['settings']['curl']}")
         print(load_note(document["machine"]))

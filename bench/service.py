@@ -37,13 +37,22 @@ class Backend:
 
 
 def service_env(
-    data_dir: Path, concurrency: int, database_url: str | None, source: Path | None = None
+    data_dir: Path,
+    concurrency: int,
+    database_url: str | None,
+    source: Path | None = None,
+    *,
+    worker_processes: int = 0,
 ) -> dict[str, str]:
     """The environment of every ``fileimport`` command the bench runs; no inherited FILEIMPORT_*.
 
     ``source`` is a folder holding a ``fileimport`` package to run instead of
     the installed (editable) one, e.g. one commit's ``src`` from ``git archive``.
+    ``worker_processes`` more workers run beside ``serve``'s own; ``concurrency``
+    is split between them, so the service as a whole downloads at most
+    ``concurrency`` files at once, like curl.
     """
+    per_process = max(1, concurrency // (worker_processes + 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILEIMPORT_")}
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH", "")) if p)
@@ -51,8 +60,9 @@ def service_env(
         FILEIMPORT_DATA_DIR=str(data_dir),
         FILEIMPORT_FETCH_ALLOWED_NETWORKS="127.0.0.0/8",
         FILEIMPORT_LOG_LEVEL="WARNING",
-        FILEIMPORT_WORKER_CONCURRENCY=str(concurrency),
-        FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY=str(concurrency),
+        FILEIMPORT_WORKER_CONCURRENCY=str(per_process),
+        FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY=str(per_process),
+        FILEIMPORT_WORKER_PROCESSES=str(worker_processes),
     )
     if database_url:
         env["FILEIMPORT_DATABASE_URL"] = database_url
@@ -85,11 +95,40 @@ def prepare(env: Mapping[str, str]) -> str:
     ).strip()
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, ... (proc(5), fields 3 on)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``serve`` and the worker processes it started)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(children.get(current, []))
+    return tree
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of the process so far (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU seconds so far of ``pid`` and its descendants (all threads), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            continue
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 @dataclass(frozen=True)

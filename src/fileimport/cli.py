@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -86,23 +87,67 @@ def serve(
         bool,
         typer.Option("--no-worker", envvar="FILEIMPORT_NO_WORKER", help="API only (FILEIMPORT_NO_WORKER)."),
     ] = False,
+    worker_processes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            envvar="FILEIMPORT_WORKER_PROCESSES",
+            help="Worker processes to run beside this one, stopped with it; one per spare core "
+            "lets a job use them all (FILEIMPORT_WORKER_PROCESSES).",
+        ),
+    ] = 0,
 ) -> None:
-    """Serve the API and, unless --no-worker, an in-process worker."""
+    """Serve the API and, unless --no-worker, an in-process worker (plus --worker-processes more)."""
     import uvicorn
 
     from fileimport.app import create_app
 
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(
-        create_app(settings, run_worker=not no_worker),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        log_config=None,  # configure_logging has routed uvicorn's loggers already
-        timeout_graceful_shutdown=10,
-    )
+    children = [_start_worker_process() for _ in range(worker_processes)]
+    try:
+        uvicorn.run(
+            create_app(settings, run_worker=not no_worker),
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            log_config=None,  # configure_logging has routed uvicorn's loggers already
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        _stop_processes(children)
+
+
+def _start_worker_process() -> subprocess.Popen[bytes]:
+    """``fileimport worker`` as a child with this process's environment.
+
+    On Linux the child gets SIGTERM if this process dies, even by SIGKILL
+    (``PR_SET_PDEATHSIG``, prctl(2)), so no worker outlives its ``serve``.
+    """
+    return subprocess.Popen([sys.executable, "-m", "fileimport", "worker"], preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _stop_processes(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM each child (a worker hands its leases back), then wait; SIGKILL after ``timeout`` seconds."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 @app.command()

@@ -46,10 +46,10 @@ class Worker:
         concurrency = runtime.settings.worker_concurrency
         # Files per claim: small enough that workers sharing a job end it
         # together, large enough that claims stay a small share of the writes.
-        self.claim_size = max(1, concurrency // 2)
+        self.claim_size = concurrency
         # Files leased ahead of free import slots, so that no slot waits for
         # a claim; what is leased and not started is handed back on shutdown.
-        self.max_held = concurrency + self.claim_size
+        self.max_held = 2 * concurrency
         # Each worker process spools into its own folder, so that a restarted
         # one can remove what a killed one left behind without touching the
         # downloads of others sharing the data folder.
@@ -125,22 +125,25 @@ class Worker:
         self, importer: FileImporter, claim: repository.ClaimedFiles, ids: list[int]
     ) -> None:
         log.debug("import.files.leased", job_id=claim.job_id, files=len(ids), owner=self.owner)
+        finished = False
         try:
             await import_claimed_files(self.runtime, importer, claim, self.files_limiter)
+            finished = True  # every file has its result, which cleared its lease
         except Exception:
             # A fault not tied to one file (database, storage): the leases are
             # handed back and the files taken up again by a later claim.
             log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
         finally:
-            # Shielded: on shutdown the import is cancelled, and the leases of
-            # unfinished files must still be handed back so that another
-            # worker can take them at once.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    async with self.runtime.db.transaction() as session:
-                        await repository.release_file_leases(session, self.owner, ids)
-                except Exception:
-                    log.exception("import.files.release_failed", job_id=claim.job_id)
+            if not finished:
+                # Shielded: on shutdown the import is cancelled, and the leases
+                # of unfinished files must still be handed back so that another
+                # worker can take them at once.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    try:
+                        async with self.runtime.db.transaction() as session:
+                            await repository.release_file_leases(session, self.owner, ids)
+                    except Exception:
+                        log.exception("import.files.release_failed", job_id=claim.job_id)
             self.held.difference_update(ids)
             self.runtime.dispatcher.wake(Topic.IMPORTS)
 

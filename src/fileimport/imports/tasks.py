@@ -64,6 +64,11 @@ async def import_claimed_files(
 
 async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
     """Mark the job ``success`` once no file is pending and schedule its webhook; True if it finished now."""
+    # A read first: most claims end with files of their job still pending
+    # elsewhere, and on SQLite a write transaction would queue for the lock.
+    async with runtime.db.reader() as session:
+        if await repository.has_pending_files(session, job_id):
+            return False
     async with runtime.db.transaction() as session:
         job = (
             await session.execute(select(ImportJob).where(ImportJob.id == job_id).with_for_update())
