@@ -1,4 +1,9 @@
-"""Operational routes: liveness, readiness, Prometheus metrics."""
+"""Operational routes: liveness, readiness, Prometheus metrics.
+
+``/healthz`` and ``/readyz`` answer HEAD as they answer GET (RFC 9110 §9.3.2:
+the same status and headers, no body), for load balancers and probes that
+check with HEAD.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,13 @@ from fileimport.core.runtime import Runtime
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process is alive")
 async def healthz() -> dict[str, str]:
+    """200 ``{"status": "ok"}`` while the process serves requests."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Database and storage are reachable", responses=error_responses(503))
 async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
+    """200 ``{"status": "ready"}``, or NotReady (503) naming ``database`` and/or ``storage``."""
     problems: dict[str, str] = {}
     try:
         async with runtime.db.reader() as session:
@@ -48,6 +53,25 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
     if problems:
         raise NotReady(problems)
     return {"status": "ready"}
+
+
+# GET and HEAD are separate operations so that each has its own OpenAPI operationId.
+for _method in ("GET", "HEAD"):
+    router.add_api_route(
+        "/healthz",
+        healthz,
+        methods=[_method],
+        operation_id=f"{_method.lower()}Healthz",
+        summary="The process is alive",
+    )
+    router.add_api_route(
+        "/readyz",
+        readyz,
+        methods=[_method],
+        operation_id=f"{_method.lower()}Readyz",
+        summary="Database and storage are reachable",
+        responses=error_responses(503),
+    )
 
 
 @router.get(

@@ -1,0 +1,40 @@
+"""The operational routes answer probes, with GET and with HEAD alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from fileimport.app import create_app
+from fileimport.core.settings import Settings
+from tests.support.service import RunningService, run_service
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[RunningService]:
+    async with run_service(tmp_path / "var", run_worker=False) as running:
+        yield running
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_head_answers_like_get(service: RunningService, path: str) -> None:
+    get = await service.client.get(path)
+    head = await service.client.head(path)
+    assert get.status_code == head.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+    # The connection still works after a HEAD: no body was left on the wire.
+    assert (await service.client.get(path)).status_code == 200
+
+
+async def test_head_readyz_is_503_when_not_ready(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "never-migrated"), run_worker=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://service") as client:
+            ready = await client.head("/readyz")
+    assert ready.status_code == 503
