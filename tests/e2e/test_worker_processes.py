@@ -1,0 +1,147 @@
+"""``fileimport serve --worker-processes N``: more worker processes share one job and stop with serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.support.images import png_bytes
+from tests.support.origin import serve_directory
+from tests.support.process import FILEIMPORT, prepare, service_env
+from tests.support.service import free_port
+
+pytestmark = pytest.mark.slow
+
+FILES = 120
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+class Serve:
+    """``fileimport serve --worker-processes 1`` with its JSON log (both processes) in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*FILEIMPORT, "serve", "--port", str(self.port), "--worker-processes", "1"],
+            env=env,
+            stderr=self._log,
+        )
+        wait_until(self._ready, 30, "serve did not answer /healthz within 30 s")
+        wait_until(lambda: len(children(self.process.pid)) == 1, 30, "no worker process started")
+        self.worker_pid = children(self.process.pid)[0]
+        wait_until(lambda: len(self.owners("worker.started")) == 2, 30, "both workers should start")
+
+    def _ready(self) -> bool:
+        assert self.process.poll() is None, self.log_path.read_text()
+        try:
+            return httpx2.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def events(self) -> list[dict[str, object]]:
+        return [
+            json.loads(line)
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if line.startswith("{")
+        ]
+
+    def owners(self, event: str) -> set[str]:
+        return {str(e["owner"]) for e in self.events() if e["event"] == event}
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if alive(self.worker_pid):
+            os.kill(self.worker_pid, signal.SIGKILL)
+        self._log.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Serve, str, str]]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    for i in range(FILES):
+        (root / f"{i:03d}.png").write_bytes(png_bytes(8 + i % 5, 8, noise=True, seed=i))
+    env = service_env(tmp_path / "var", FILEIMPORT_LOG_JSON="true", FILEIMPORT_LOG_LEVEL="DEBUG")
+    env["FILEIMPORT_WORKER_CONCURRENCY"] = "4"
+    token = prepare(env)
+    # A little latency per file, so that the job outlasts the idle worker's poll.
+    with serve_directory(root, delay=0.02) as origin:
+        serve = Serve(env, tmp_path / "serve.log")
+        try:
+            yield serve, token, origin
+        finally:
+            serve.close()
+
+
+def test_worker_processes_share_one_job_and_stop_with_serve(served: tuple[Serve, str, str]) -> None:
+    serve, token, origin = served
+    headers = {"Authorization": f"Bearer {token}"}
+    files = [{"url": f"{origin}/{i:03d}.png", "id": f"f{i}", "fileName": f"f{i}"} for i in range(FILES)]
+    response = httpx2.post(
+        f"{serve.base_url}/api/v1/import/files",
+        json={"systemName": "s", "files": files},
+        headers=headers,
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    job_id = response.json()["id"]
+
+    def finished() -> bool:
+        status = httpx2.get(
+            f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
+        ).json()
+        return bool(status["finished"])
+
+    wait_until(finished, 60, "the job did not finish within 60 s")
+    status = httpx2.get(
+        f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
+    ).json()
+    assert [f["status"] for f in status["files"]] == ["success"] * FILES
+    # Both processes leased files of this one job.
+    leased = {str(e["owner"]) for e in serve.events() if e["event"] == "import.files.leased"}
+    assert leased == serve.owners("worker.started")
+
+    # SIGTERM to serve stops its worker process too, leases handed back.
+    serve.process.send_signal(signal.SIGTERM)
+    serve.process.wait(20)
+    wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived serve")
+
+
+def test_a_killed_serve_takes_its_worker_processes_with_it(served: tuple[Serve, str, str]) -> None:
+    serve, _, _ = served
+    serve.process.kill()  # SIGKILL: serve cannot stop its children itself
+    serve.process.wait()
+    wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived a killed serve")
