@@ -309,6 +309,25 @@ async def test_media_library_queries_are_validated(
 
 
 @pytest.mark.parametrize(
+    "params",
+    [
+        {"ids": "m1", "systemName": "s", "externalId": "e"},
+        {"ids": "m1", "systemName": "s"},
+        {"ids": "m1", "externalId": "e"},
+    ],
+)
+async def test_media_library_ids_cannot_be_combined_with_a_key(
+    service: RunningService, params: dict[str, str]
+) -> None:
+    """Two lookups in one query: answering either would hide which one the client meant."""
+    response = await service.client.get("/api/v1/mediaLibrary", params=params, headers=service.tenant.headers)
+    details = error_details(response, 400)
+    assert set(details) == {"ids"}
+    assert "cannot be combined" in details["ids"]
+    assert all(name in details["ids"] for name in params if name != "ids")
+
+
+@pytest.mark.parametrize(
     ("path", "query"),
     [
         (STATUS, "id=j1&id=j2"),

@@ -84,11 +84,26 @@ async def find_media_entries(
         Query(
             max_length=MAX_IDS * (MAX_ID_LENGTH + 1),
             pattern=NUL_FREE_PATTERN,
-            description=f"Comma-separated media ids (at most {MAX_IDS}); instead of systemName and externalId.",
+            description=f"Comma-separated media ids (at most {MAX_IDS}); instead of systemName and "
+            "externalId, not with them.",
         ),
     ] = None,
 ) -> MediaEntryList:
-    """Entries by ``ids``, or the entry of ``systemName`` and ``externalId``; ValidationFailed otherwise."""
+    """Entries by ``ids``, or the entry of ``systemName`` and ``externalId`` (SPEC.md: two lookups).
+
+    Raises ValidationFailed naming ``ids`` when it comes with either key
+    (which lookup the client meant is unknown, so neither is guessed), and
+    naming the missing half of an incomplete key.
+    """
+    if ids is not None and (system_name is not None or external_id is not None):
+        given = " and ".join(
+            name
+            for name, value in (("systemName", system_name), ("externalId", external_id))
+            if value is not None
+        )
+        raise ValidationFailed(
+            {"ids": f"cannot be combined with {given}: look up by ids, or by systemName and externalId"}
+        )
     if ids is not None:
         wanted = [i for i in (part.strip() for part in ids.split(",")) if i]
         if not wanted or len(wanted) > MAX_IDS:
