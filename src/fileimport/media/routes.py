@@ -160,6 +160,39 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def if_none_match_matches(field_value: str, sha256: str) -> bool:
+    """Whether an ``If-None-Match`` field value matches the asset whose ETag is ``"<sha256>"``.
+
+    RFC 9110 §13.1.2: ``*`` matches any current representation; otherwise the
+    value is a comma-separated list of entity tags compared with the weak
+    comparison function (§8.8.3.2), so ``W/"<sha256>"`` matches as well as
+    ``"<sha256>"``. A tag sent without its quotes is compared too, for clients
+    that forget them. An unterminated quoted tag ends the list; nothing raises.
+    Several field lines are joined with commas before the call (RFC 9110 §5.3).
+    """
+    if field_value.strip() == "*":
+        return True
+    return sha256 in _opaque_tags(field_value)
+
+
+def _opaque_tags(field_value: str) -> list[str]:
+    """The opaque tags of an entity-tag list, without ``W/`` and quotes."""
+    tags: list[str] = []
+    rest = field_value
+    while rest := rest.lstrip(" \t,"):
+        rest = rest.removeprefix("W/")
+        if rest.startswith('"'):
+            end = rest.find('"', 1)
+            if end < 0:
+                break
+            tags.append(rest[1:end])
+            rest = rest[end + 1 :]
+        else:
+            tag, _, rest = rest.partition(",")
+            tags.append(tag.strip())
+    return tags
+
+
 class RangeNotSatisfiable(ApiError):
     status_code = 416
 
@@ -193,7 +226,10 @@ _ASSET_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": _BYTES,
         "headers": {**_ASSET_HEADERS, "Content-Range": _header("`bytes <first>-<last>/<size>`")},
     },
-    304: {"description": "Not modified: If-None-Match names the ETag", "headers": _ASSET_HEADERS},
+    304: {
+        "description": "Not modified: If-None-Match is `*` or names the ETag (weak comparison)",
+        "headers": _ASSET_HEADERS,
+    },
     **error_responses(400, 404, 416),
 }
 
@@ -206,7 +242,14 @@ async def download_asset(
     range_header: Annotated[
         str | None, Header(alias="Range", description="One `bytes=` range (RFC 9110 §14.2).")
     ] = None,
-    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    if_none_match: Annotated[
+        str | None,
+        Header(
+            alias="If-None-Match",
+            description='`*` or entity tags, weak ones included (`W/"<sha256>"`); 304 when one matches '
+            "(RFC 9110 §13.1.2).",
+        ),
+    ] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The stored bytes; the media id in the path is the capability (128 random bits)."""
@@ -232,7 +275,9 @@ async def download_asset(
     }
     if active:
         headers["Content-Security-Policy"] = RESTRICTIVE_CSP
-    if if_none_match in (etag, entry.sha256):
+    if if_none_match is not None and if_none_match_matches(
+        ", ".join(request.headers.getlist("if-none-match")), entry.sha256
+    ):
         return Response(status_code=304, headers=headers)
     byte_range = None
     if range_header and (if_range is None or if_range == etag):
