@@ -26,6 +26,9 @@ serves, so a test can compare SHA-256 digests. Routes (all GET):
 - ``/large?size=N`` — N bytes, chunked, without Content-Length.
 - ``/gzip?size=N`` — ``payload(N)`` gzip-encoded (Content-Encoding: gzip).
 - ``/gzip-bomb?size=N`` — N zero bytes, gzip-encoded (a few KiB on the wire).
+- ``/encoded?size=N&codings=C`` — ``payload(N)`` with the comma-separated
+  content codings C applied in order: ``gzip``, ``deflate`` (zlib format) or
+  ``raw-deflate`` (a bare RFC 1951 stream, labelled ``deflate``).
 - ``/bad-encoding?coding=C`` — garbage labelled ``Content-Encoding: C``.
 - ``/html-as-jpeg`` — an HTML error page labelled ``Content-Type: image/jpeg``.
 - ``/files/{name}`` — ``payload(1000, seed=name)``; any name, spaces and
@@ -49,6 +52,7 @@ import hashlib
 import socket
 import ssl
 import struct
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -270,6 +274,24 @@ def _build_app(origin: FaultOrigin) -> web.Application:
         return web.Response(
             body=body,
             headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"},
+        )
+
+    @routes.get("/encoded")
+    async def encoded(request: web.Request) -> web.StreamResponse:
+        body = payload(_size(request))
+        labels = []
+        for coding in request.query.get("codings", "gzip").split(","):
+            if coding == "gzip":
+                body = gzip.compress(body)
+            elif coding == "deflate":
+                body = zlib.compress(body)
+            else:
+                compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                body = compressor.compress(body) + compressor.flush()
+            labels.append("deflate" if coding == "raw-deflate" else coding)
+        return web.Response(
+            body=body,
+            headers={"Content-Encoding": ", ".join(labels), "Content-Type": "application/octet-stream"},
         )
 
     @routes.get("/bad-encoding")

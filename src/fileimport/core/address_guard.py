@@ -13,6 +13,13 @@ address (IPv4-mapped ``::ffff:0:0/96``, NAT64 ``64:ff9b::/96`` RFC 6052, 6to4
 ``2002::/16`` RFC 3056). Operators open networks with
 ``FILEIMPORT_FETCH_ALLOWED_NETWORKS`` and host names with
 ``FILEIMPORT_FETCH_ALLOWED_HOSTS``.
+
+HTTP clients get the guard from ``create_guarded_session`` (aiohttp): its
+connector resolves names only through the guard (``GuardedResolver``) and
+creates every socket through ``GuardedSocketFactory``, which checks the
+address once more right before the connection is made. The second check is
+the one that matters for IP literals: aiohttp connects to those without
+asking the resolver.
 """
 
 from __future__ import annotations
@@ -20,15 +27,19 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+import aiohttp
 import anyio
 import httpcore2
 import httpx2
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from fileimport import USER_AGENT
 
 if TYPE_CHECKING:
-    import ssl
+    from aiohappyeyeballs import AddrInfoType
 
     from fileimport.core.settings import Settings
 
@@ -222,6 +233,10 @@ class AddressGuard:
         self.allowed_hosts: frozenset[str] = frozenset(_normalize_host(h) for h in allowed_hosts)
         self._resolver: Resolver = resolver or system_resolver
 
+    def is_allowed_host(self, host: str) -> bool:
+        """Whether ``host`` (any case, trailing dot or ``[]`` allowed) is in ``allowed_hosts``."""
+        return _normalize_host(host) in self.allowed_hosts
+
     def is_allowed_network(self, ip: IPAddress) -> bool:
         """Whether ``ip`` (or the IPv4 address it maps to) is in an allowed network."""
         candidates: list[IPAddress] = [ip]
@@ -292,6 +307,10 @@ def _normalize_host(host: str) -> str:
 class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
     """An httpcore2 network backend that connects only to checked addresses.
 
+    Transitional: only ``create_guarded_transport`` uses it, for the httpx2
+    webhook client that ``worker.py`` still builds; both go once the worker
+    uses ``create_guarded_session``.
+
     ``connect_tcp`` resolves the host once through the guard and connects to
     the checked IP addresses in order (the first that accepts wins), so there
     is no second DNS lookup. TLS is unaffected: httpcore2 passes the original
@@ -339,7 +358,7 @@ class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
                     local_address=local_address,
                     socket_options=socket_options,
                 )
-                return _BulkReadStream(stream)
+                return stream
             except httpcore2.ConnectError as exc:
                 last_error = exc
         if last_error is None:  # resolve() never returns an empty list
@@ -359,41 +378,6 @@ class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
-BULK_READ_BYTES = 1024 * 1024
-
-
-class _BulkReadStream(httpcore2.AsyncNetworkStream):
-    """Reads up to ``BULK_READ_BYTES`` where httpcore2 asks for 64 KiB.
-
-    Every read travels up through h11, httpcore2 and httpx2; with larger
-    reads a big body costs a sixteenth of the trips (measured: bench case c).
-    Returning more than asked is safe for HTTP/1.1 without pipelining.
-    """
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
-        self._inner = inner
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max(max_bytes, BULK_READ_BYTES), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore2.AsyncNetworkStream:
-        return _BulkReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
 def create_guarded_transport(
     guard: AddressGuard,
     *,
@@ -403,6 +387,9 @@ def create_guarded_transport(
     verify: ssl.SSLContext | bool = True,
 ) -> httpx2.AsyncHTTPTransport:
     """An httpx2 transport whose every TCP connection goes through ``guard``.
+
+    Transitional (see ``GuardedNetworkBackend``); new code uses
+    ``create_guarded_session``.
 
     ``max_connections`` (None: unlimited) and ``max_keepalive_connections``
     bound the pool, ``keepalive_expiry`` is in seconds, ``verify`` is
@@ -425,6 +412,150 @@ def create_guarded_transport(
         network_backend=GuardedNetworkBackend(guard),
     )
     return transport
+
+
+class _AllowedHostAddress(str):
+    """An address of a host in ``allowed_hosts``, as ``GuardedResolver`` returned it.
+
+    aiohttp hands the resolver's address string on unchanged to the socket
+    factory (``ResolveResult.host`` becomes ``sockaddr[0]``), so the mark
+    travels with that one connection; a URL cannot produce it.
+    """
+
+    __slots__ = ()
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that answers only with addresses ``guard`` allows.
+
+    ``resolve`` asks ``AddressGuard.resolve`` and returns its addresses in the
+    same order. Raises ``BlockedAddressError`` when any address is blocked and
+    ``HostNotFoundError`` when the name has none; aiohttp lets both through
+    unchanged, as they are not ``OSError``. A temporary DNS failure
+    (``socket.gaierror``) becomes aiohttp's ``ClientConnectorDNSError``.
+    Addresses of hosts in ``allowed_hosts`` are marked, so that
+    ``GuardedSocketFactory`` lets them through without a check.
+    """
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self._guard.resolve(host, port)
+        unchecked = self._guard.is_allowed_host(host)
+        results: list[ResolveResult] = []
+        for address in addresses:
+            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, address_family):
+                continue
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=_AllowedHostAddress(address) if unchecked else address,
+                    port=port,
+                    family=address_family,
+                    proto=0,
+                    flags=0,
+                )
+            )
+        if not results:
+            raise HostNotFoundError(host)
+        return results
+
+    async def close(self) -> None:
+        return None
+
+
+class GuardedSocketFactory:
+    """aiohttp's ``socket_factory``: checks the address again, then makes the socket.
+
+    Called with a ``getaddrinfo``-style tuple for every connection attempt,
+    right before ``connect``. Raises ``BlockedAddressError`` (nothing is
+    connected) unless the address passes ``AddressGuard.check_address`` or
+    came from ``GuardedResolver`` for a host in ``allowed_hosts``. This is
+    the check that IP literals get: aiohttp does not ask the resolver for
+    them.
+    """
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+
+    def __call__(self, addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        address = sockaddr[0]
+        if not isinstance(address, _AllowedHostAddress):
+            # An IPv6 literal's zone arrives percent-encoded from the URL ("%25eth0").
+            text = str(address).replace("%25", "%")
+            if parse_ip(text) is None:
+                raise BlockedAddressError(text, text, "an unrecognised")
+            self._guard.check_address(text)
+        return socket.socket(family=family, type=kind, proto=proto)
+
+
+def create_guarded_connector(
+    guard: AddressGuard,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    keepalive_seconds: float = 5.0,
+) -> aiohttp.TCPConnector:
+    """An aiohttp connector whose every TCP connection goes through ``guard``.
+
+    Names resolve through ``GuardedResolver`` for each new connection (no DNS
+    cache, so a pooled connection was checked when it was made and a new
+    one is checked anew); sockets come from ``GuardedSocketFactory``.
+    Addresses are tried one after another in the resolver's order, without
+    Happy Eyeballs, so that a refusal by the socket factory surfaces as
+    ``BlockedAddressError`` rather than as one of several connect errors.
+    The pool is unlimited; idle connections are closed after
+    ``keepalive_seconds``. ``ssl_context`` replaces the default TLS
+    verification (the system's CA store). Needs a running event loop.
+    """
+    return aiohttp.TCPConnector(
+        resolver=GuardedResolver(guard),
+        socket_factory=GuardedSocketFactory(guard),
+        use_dns_cache=False,
+        happy_eyeballs_delay=None,
+        limit=0,
+        keepalive_timeout=keepalive_seconds,
+        ssl=ssl_context if ssl_context is not None else True,
+    )
+
+
+def create_guarded_session(
+    guard: AddressGuard,
+    *,
+    timeout_seconds: float | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+    headers: Mapping[str, str] | None = None,
+    auto_decompress: bool = True,
+    read_bufsize: int = 64 * 1024,
+    ssl_context: ssl.SSLContext | None = None,
+) -> aiohttp.ClientSession:
+    """An aiohttp session that connects only where ``guard`` allows (``create_guarded_connector``).
+
+    Timeouts are in seconds, None for none: ``timeout_seconds`` bounds each
+    request as a whole, ``connect_timeout`` name resolution plus connecting,
+    ``read_timeout`` each wait for data from the peer. ``headers`` are sent
+    with every request, after a ``User-Agent`` of this service.
+    ``read_bufsize`` (bytes) is how much of a body is buffered before reading
+    from the socket pauses. No cookies are stored or sent and environment
+    proxies are ignored (a proxy would connect on our behalf, past the
+    guard). Close it with ``await session.close()`` or ``async with``. Needs
+    a running event loop. A blocked address raises ``BlockedAddressError``
+    and an unknown host ``HostNotFoundError`` from the request call.
+    """
+    return aiohttp.ClientSession(
+        connector=create_guarded_connector(guard, ssl_context=ssl_context),
+        timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=connect_timeout, sock_read=read_timeout),
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        auto_decompress=auto_decompress,
+        read_bufsize=read_bufsize,
+    )
 
 
 def guard_from_settings(settings: Settings, resolver: Resolver | None = None) -> AddressGuard:

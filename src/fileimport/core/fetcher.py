@@ -17,9 +17,15 @@ Rules and their sources:
   when an ETag / Last-Modified is given; 304 answers ``NotModified``.
 - ``Retry-After`` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date, honoured
   on retryable answers, capped at ``fetch_backoff_max``.
+- Content codings (RFC 9110 §8.4): ``Accept-Encoding: gzip, deflate`` is
+  sent and the body is decoded here, in steps of at most 1 MiB, so that the
+  size limit counts decoded bytes and a compressed bomb is cut off early.
 - Transient, retried: connection errors, timeouts, truncated bodies, 408, 429
   and 5xx. Final: other 4xx, blocked addresses, unknown hosts, size and
   redirect limits, invalid URLs.
+
+HTTP is aiohttp's, through ``create_guarded_session`` (every connection goes
+to an address the guard checked); redirects, decoding and retries are ours.
 """
 
 from __future__ import annotations
@@ -31,29 +37,31 @@ import hashlib
 import math
 import os
 import random
+import socket
 import tempfile
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.cookiejar import Cookie, CookieJar
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Self
 
+import aiohttp
 import anyio
-import httpx2
 import structlog
+from yarl import URL
 
-from fileimport import USER_AGENT
 from fileimport.core.address_guard import (
     AddressGuard,
     BlockedAddressError,
     HostNotFoundError,
-    create_guarded_transport,
+    create_guarded_session,
     guard_from_settings,
 )
 from fileimport.core.settings import Settings
-from fileimport.core.urls import host_problem
+from fileimport.core.urls import check_http_url, host_problem
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +71,18 @@ HEAD_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 429})
 ACCEPTED_CONTENT_CODINGS = frozenset({"identity", "gzip", "deflate"})
+DECODE_STEP_BYTES = 1024 * 1024
+"""Most decoded bytes one decompression step may produce."""
+
+# RFC 9110 §15 renamed a few reason phrases that http.HTTPStatus still has in
+# their RFC 7231 form; 418 is RFC 2324's.
+_REASON_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    418: "I'm a teapot",
+    422: "Unprocessable Content",
+}
 
 
 @dataclass(frozen=True)
@@ -130,16 +150,6 @@ class FetchError(Exception):
         return f"FetchError(code={self.code!r}, reason={self.reason!r}, attempts={self.attempts})"
 
 
-class _NoCookies(CookieJar):
-    """Stores nothing: one client serves every import, cookies must not leak between them."""
-
-    def set_cookie(self, cookie: Cookie) -> None:
-        return None
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-
 @dataclass
 class _OriginSlot:
     semaphore: anyio.Semaphore
@@ -152,7 +162,8 @@ class OriginFetcher:
     ``settings`` supplies the ``fetch_*`` limits, ``guard`` the address guard
     (default: ``guard_from_settings(settings)``), ``spool_dir`` the folder for
     downloads (created when missing). Use as an async context manager or call
-    ``aclose()``.
+    ``aclose()``. The aiohttp session (``create_guarded_session``) is made by
+    the first fetch, in the running event loop.
     """
 
     def __init__(self, settings: Settings, *, guard: AddressGuard | None = None, spool_dir: Path) -> None:
@@ -160,22 +171,24 @@ class OriginFetcher:
         self._guard = guard or guard_from_settings(settings)
         self._spool_dir = spool_dir
         self._origins: dict[tuple[str, str, int], _OriginSlot] = {}
-        # Unlimited pool: concurrency is bounded by the worker and, per
-        # origin, by the slots below; a pool limit would only add pool timeouts.
-        transport = create_guarded_transport(self._guard, max_connections=None)
-        self._client = httpx2.AsyncClient(
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-            cookies=_NoCookies(),
-            timeout=httpx2.Timeout(
-                connect=settings.fetch_connect_timeout,
-                read=settings.fetch_read_timeout,
-                write=settings.fetch_read_timeout,
-                pool=None,
-            ),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
-        )
+        # Made on first use: aiohttp needs the running event loop.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            settings = self._settings
+            # An unlimited pool: concurrency is bounded by the worker and, per
+            # origin, by the slots below; a pool limit would only add waits.
+            self._session = create_guarded_session(
+                self._guard,
+                connect_timeout=settings.fetch_connect_timeout,
+                read_timeout=settings.fetch_read_timeout,
+                headers={"Accept-Encoding": "gzip, deflate"},
+                # Decoded here, where the size limit can see every step.
+                auto_decompress=False,
+                read_bufsize=settings.fetch_chunk_bytes,
+            )
+        return self._session
 
     async def __aenter__(self) -> Self:
         return self
@@ -190,7 +203,8 @@ class OriginFetcher:
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def fetch(
         self,
@@ -250,7 +264,7 @@ class OriginFetcher:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
 
     async def _attempt(
-        self, url: httpx2.URL, *, max_bytes: int, conditional: dict[str, str]
+        self, url: URL, *, max_bytes: int, conditional: dict[str, str]
     ) -> FetchedFile | NotModified:
         """One try: the redirect chain and the body, under the overall deadline."""
         started = anyio.current_time()
@@ -271,21 +285,25 @@ class OriginFetcher:
 
     async def _follow(
         self,
-        url: httpx2.URL,
+        url: URL,
         *,
         max_bytes: int,
         conditional: dict[str, str],
         scope: anyio.CancelScope,
     ) -> FetchedFile | NotModified:
         first_origin = _origin_key(url)
-        credentials = (url.username, url.password) if url.userinfo else None
-        url = first_url = url.copy_with(userinfo=b"")
+        authorization = (
+            aiohttp.encode_basic_auth(url.user or "", url.password or "")
+            if url.raw_user is not None or url.raw_password is not None
+            else None
+        )
+        url = first_url = url.with_user(None)
         visited = {str(url)}
         redirects = 0
         while True:
-            auth = (
-                httpx2.BasicAuth(*credentials) if credentials and _origin_key(url) == first_origin else None
-            )
+            headers = conditional
+            if authorization and _origin_key(url) == first_origin:
+                headers = {**conditional, "Authorization": authorization}
             # Queueing behind other downloads from this origin is not the
             # origin's slowness: the deadline clock stops while we wait.
             remaining = scope.deadline - anyio.current_time()
@@ -293,9 +311,9 @@ class OriginFetcher:
             async with self._origin_slot(_origin_key(url)):
                 scope.deadline = anyio.current_time() + remaining
                 started = anyio.current_time()
-                response = await self._send(url, conditional, auth)
+                response = await self._send(url, headers)
                 try:
-                    if response.status_code not in REDIRECT_STATUSES:
+                    if response.status not in REDIRECT_STATUSES:
                         return await self._receive(
                             response,
                             url,
@@ -306,7 +324,9 @@ class OriginFetcher:
                         )
                     next_url = _redirect_target(response, url)
                 finally:
-                    await response.aclose()
+                    # Back to the pool when the body was read to its end,
+                    # otherwise the connection is closed.
+                    response.release()
             redirects += 1
             if str(next_url) in visited:
                 raise FetchError(
@@ -320,7 +340,7 @@ class OriginFetcher:
                     f"{self._settings.fetch_max_redirects} times; "
                     f"the last hop was to {_display(next_url)}.",
                 )
-            log.debug("fetch.redirect", status=response.status_code, url=str(url), location=str(next_url))
+            log.debug("fetch.redirect", status=response.status, url=str(url), location=str(next_url))
             visited.add(str(next_url))
             url = next_url
 
@@ -341,14 +361,11 @@ class OriginFetcher:
             if slot.users == 0:
                 del self._origins[key]
 
-    async def _send(
-        self, url: httpx2.URL, conditional: dict[str, str], auth: httpx2.BasicAuth | None
-    ) -> httpx2.Response:
-        """Send one GET and return the streaming response (headers read)."""
-        request = self._client.build_request("GET", url, headers=conditional)
+    async def _send(self, url: URL, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """Send one GET and return the response with its headers read and its body not yet."""
         origin = _display_origin(url)
         try:
-            return await self._client.send(request, stream=True, auth=auth)
+            return await self._client().get(url, headers=headers, allow_redirects=False)
         except BlockedAddressError as exc:
             raise FetchError("blocked_address", f"{_display(url)} was not fetched: {exc}.") from exc
         except HostNotFoundError as exc:
@@ -356,22 +373,25 @@ class OriginFetcher:
                 "host_not_found",
                 f"The host {exc.host} in {_display(url)} does not resolve to any address; check the URL.",
             ) from exc
-        except httpx2.ConnectTimeout as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
             raise FetchError(
                 "timeout",
                 f"Connecting to {origin} timed out after {self._settings.fetch_connect_timeout:g} seconds.",
                 retryable=True,
             ) from exc
-        except httpx2.TimeoutException as exc:
+        except aiohttp.ServerTimeoutError as exc:
             raise FetchError(
                 "timeout",
                 f"{origin} did not answer the request for {_display(url)} within "
                 f"{self._settings.fetch_read_timeout:g} seconds.",
                 retryable=True,
             ) from exc
-        except httpx2.UnsupportedProtocol as exc:
+        except aiohttp.NonHttpUrlClientError as exc:
             raise FetchError("unsupported_scheme", f"{_display(url)} is not an http or https URL.") from exc
-        except httpx2.TransportError as exc:
+        except aiohttp.InvalidURL as exc:
+            # aiohttp refuses legacy numeric IPv4 hosts ("127.1") itself.
+            raise FetchError("invalid_url", f"{_display(url)} is not a valid URL: {_describe(exc)}.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise FetchError(
                 "connection_error",
                 f"The connection to {origin} failed before it answered: {describe_network_error(exc)}.",
@@ -380,8 +400,8 @@ class OriginFetcher:
 
     async def _receive(
         self,
-        response: httpx2.Response,
-        url: httpx2.URL,
+        response: aiohttp.ClientResponse,
+        url: URL,
         *,
         max_bytes: int,
         conditional: dict[str, str],
@@ -389,7 +409,7 @@ class OriginFetcher:
         started: float,
     ) -> FetchedFile | NotModified:
         """Turn a non-redirect answer into a result, streaming a 2xx body to disk."""
-        status = response.status_code
+        status = response.status
         if status == 304 and conditional:
             # A 304 should repeat the validators (RFC 9110 §15.4.5); when it
             # does not, the ones we sent are still current.
@@ -407,9 +427,7 @@ class OriginFetcher:
                 retry_after=_parse_retry_after(response.headers.get("Retry-After")) if transient else None,
             )
 
-        codings = [
-            c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",") if c.strip()
-        ]
+        codings = _content_codings(response)
         unknown = [c for c in codings if c not in ACCEPTED_CONTENT_CODINGS]
         if unknown:
             raise FetchError(
@@ -427,61 +445,78 @@ class OriginFetcher:
         expected = content_length if content_length is not None else max_bytes
         scope.deadline = min(scope.deadline, started + self._deadline_seconds(expected))
 
+        decoder = _ContentDecoder(codings) if any(c != "identity" for c in codings) else None
         spool = _Spool(self._spool_dir)
         done = False
         try:
             size = 0
+            received = 0
             head = bytearray()
             # Pieces are handed to the writer thread as they came: no copies.
             pending: list[bytes] = []
             pending_bytes = 0
             chunk_bytes = self._settings.fetch_chunk_bytes
+
+            def take(piece: bytes) -> None:
+                nonlocal size, head, pending_bytes
+                size += len(piece)
+                if size > max_bytes:
+                    raise FetchError(
+                        "too_large",
+                        f"The file at {_display(url)} is over the limit of {max_bytes} bytes "
+                        f"(more than {max_bytes} bytes received"
+                        f"{' after decoding' if decoder else ''}).",
+                    )
+                if len(head) < HEAD_BYTES:
+                    head += piece[: HEAD_BYTES - len(head)]
+                pending.append(piece)
+                pending_bytes += len(piece)
+
             try:
-                # Decoded pieces as they arrive; httpx2 inflates gzip/deflate
-                # in bounded (1 MiB) steps, so a bomb is cut off early.
-                async for piece in response.aiter_bytes():
-                    size += len(piece)
-                    if size > max_bytes:
-                        raise FetchError(
-                            "too_large",
-                            f"The file at {_display(url)} is over the limit of {max_bytes} bytes "
-                            f"(more than {max_bytes} bytes received"
-                            f"{' after decoding' if codings else ''}).",
-                        )
-                    if len(head) < HEAD_BYTES:
-                        head += piece[: HEAD_BYTES - len(head)]
-                    pending.append(piece)
-                    pending_bytes += len(piece)
+                # The pieces aiohttp buffered as they came off the socket (up
+                # to fetch_chunk_bytes before it pauses reading), not joined.
+                async for raw, _ in response.content.iter_chunks():
+                    if not raw:
+                        continue
+                    received += len(raw)
+                    if decoder is None:
+                        take(raw)
+                    else:
+                        for piece in decoder.decode(raw):
+                            take(piece)
                     if pending_bytes >= chunk_bytes:
                         await anyio.to_thread.run_sync(spool.write, pending)
                         pending, pending_bytes = [], 0
+                if decoder is not None:
+                    for piece in decoder.flush():
+                        take(piece)
                 # A small body costs one hop to a thread: create, write, close.
                 path = await anyio.to_thread.run_sync(spool.finish, pending)
-            except httpx2.TimeoutException as exc:
+            except aiohttp.ServerTimeoutError as exc:
                 raise FetchError(
                     "timeout",
                     f"The origin sent nothing for {self._settings.fetch_read_timeout:g} seconds "
                     f"while sending {_display(url)} ({_bytes(size)} received).",
                     retryable=True,
                 ) from exc
-            except (httpx2.RemoteProtocolError, httpx2.NetworkError) as exc:
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 raise FetchError(
                     "truncated",
                     f"The connection closed before the whole body of {_display(url)} arrived "
-                    f"({_bytes(size)} received{_of_length(content_length)}): {describe_network_error(exc)}.",
+                    f"({_bytes(size)} received{_of_length(content_length)}): "
+                    f"{_describe_lost_connection(response, exc)}.",
                     retryable=True,
                 ) from exc
-            except httpx2.DecodingError as exc:
+            except zlib.error as exc:
                 raise FetchError(
                     "decoding_error",
                     f"The {', '.join(codings)} body of {_display(url)} could not be decoded: "
                     f"{_describe(exc)}.",
                 ) from exc
-            if content_length is not None and not codings and response.num_bytes_downloaded < content_length:
+            if content_length is not None and decoder is None and received < content_length:
                 raise FetchError(
                     "truncated",
-                    f"The body of {_display(url)} ended after {response.num_bytes_downloaded} "
-                    f"of {content_length} bytes.",
+                    f"The body of {_display(url)} ended after {received} of {content_length} bytes.",
                     retryable=True,
                 )
             done = True
@@ -545,17 +580,83 @@ class _Spool:
             path.unlink(missing_ok=True)
 
 
-def parse_http_url(value: str) -> httpx2.URL:
+class _Inflater:
+    """One gzip or deflate layer (RFC 9110 §8.4.1.2-3), inflated in bounded steps."""
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._started = False
+        self._inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+
+    def inflate(self, data: bytes) -> Iterator[bytes]:
+        """Decoded pieces of at most ``DECODE_STEP_BYTES`` for ``data``; raises ``zlib.error``."""
+        first = not self._started
+        self._started = True
+        try:
+            out = self._inflater.decompress(data, DECODE_STEP_BYTES)
+        except zlib.error:
+            if self._coding != "deflate" or not first:
+                raise
+            # Servers often send a bare RFC 1951 stream for "deflate",
+            # without the zlib wrapper (RFC 1950) that the coding names.
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._inflater.decompress(data, DECODE_STEP_BYTES)
+        while out:
+            yield out
+            out = self._inflater.decompress(self._inflater.unconsumed_tail, DECODE_STEP_BYTES)
+
+    def flush(self) -> bytes:
+        return self._inflater.flush()
+
+
+class _ContentDecoder:
+    """Undoes the content codings of a body, listed in the order they were applied.
+
+    ``codings`` are lower-case Content-Encoding tokens, each ``gzip``,
+    ``deflate`` or ``identity``; they are undone last first (RFC 9110
+    §8.4). Every piece yielded is at most ``DECODE_STEP_BYTES``, so a few
+    compressed bytes cannot inflate to a large buffer before the caller
+    counts them. Raises ``zlib.error`` on data that is not what its coding
+    says.
+    """
+
+    def __init__(self, codings: list[str]) -> None:
+        self._layers = [_Inflater(c) for c in reversed(codings) if c != "identity"]
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        return self._through(0, data)
+
+    def flush(self) -> Iterator[bytes]:
+        """What the layers still hold once the body has ended."""
+        for level, layer in enumerate(self._layers):
+            yield from self._through(level + 1, layer.flush())
+
+    def _through(self, level: int, data: bytes) -> Iterator[bytes]:
+        if level == len(self._layers):
+            if data:
+                yield data
+            return
+        if not data:
+            return
+        for piece in self._layers[level].inflate(data):
+            yield from self._through(level + 1, piece)
+
+
+def parse_http_url(value: str) -> URL:
     """``value`` as an absolute http(s) URL that a connection can be made to.
 
     The host must be a valid name or IP address and the port within 1-65535;
-    nothing is resolved. Raises ``FetchError`` with code ``invalid_url`` or
-    ``unsupported_scheme``.
+    nothing is resolved. Spaces and non-ASCII characters in the path and
+    query are percent-encoded (RFC 3986 §2.1; a space as ``%20``, also in the
+    query), the host is IDNA-encoded. Raises ``FetchError`` with code
+    ``invalid_url`` or ``unsupported_scheme``.
     """
     try:
-        url = httpx2.URL(value)
-    except (httpx2.InvalidURL, ValueError, TypeError) as exc:
-        raise FetchError("invalid_url", f"{value!r} is not a valid URL: {exc}.") from exc
+        url = _parse_url(value)
+    except (ValueError, TypeError) as exc:
+        problem = check_http_url(value) if isinstance(value, str) else None
+        detail = _host_phrase(problem) if problem and ("host" in problem or "port" in problem) else None
+        raise FetchError("invalid_url", f"{value!r} is not a valid URL: {detail or _describe(exc)}.") from exc
     if url.scheme and url.scheme not in ("http", "https"):
         raise FetchError("unsupported_scheme", f"{value!r} is not an http or https URL.")
     problem = _url_problem(url)
@@ -564,22 +665,31 @@ def parse_http_url(value: str) -> httpx2.URL:
     return url
 
 
-def _url_problem(url: httpx2.URL) -> str | None:
+def _parse_url(value: str) -> URL:
+    # yarl would send a space in the query as "+", a space to form decoders
+    # only; "%20" means a space everywhere (RFC 3986 §2.1).
+    return URL(value.replace(" ", "%20"))
+
+
+def _url_problem(url: URL) -> str | None:
     if not url.scheme:
         return "it is not an absolute http or https URL"
     # The same host and port rules as the API's check of posted URLs.
-    problem = host_problem(url.netloc.decode("ascii", "replace"))
-    if problem is None:
-        return None
+    problem = host_problem(url.host_port_subcomponent or "")
+    return None if problem is None else _host_phrase(problem)
+
+
+def _host_phrase(problem: str) -> str:
+    """``core.urls``' phrase for a host or port problem, worded for a fetch error."""
     if "port" in problem:
         return "its port is out of range"
     return "it names no host" if problem == "must name a host" else "its host is not a valid name or address"
 
 
-def _redirect_target(response: httpx2.Response, url: httpx2.URL) -> httpx2.URL:
+def _redirect_target(response: aiohttp.ClientResponse, url: URL) -> URL:
     """The next hop of a redirect (RFC 9110 §10.2.2), validated."""
-    status = response.status_code
-    raw = next((value for key, value in response.headers.raw if key.lower() == b"location"), None)
+    status = response.status
+    raw = next((value for key, value in response.raw_headers if key.lower() == b"location"), None)
     if not raw or not raw.strip():
         raise FetchError(
             f"http_{status}",
@@ -590,8 +700,8 @@ def _redirect_target(response: httpx2.Response, url: httpx2.URL) -> httpx2.URL:
     except UnicodeDecodeError:
         location = raw.decode("latin-1").strip()
     try:
-        target = url.join(location)
-    except (httpx2.InvalidURL, ValueError, TypeError) as exc:
+        target = url.join(_parse_url(location))
+    except (ValueError, TypeError) as exc:
         raise FetchError(
             "invalid_url", f"{_display(url)} redirects to {location!r}, which is not a valid URL."
         ) from exc
@@ -608,12 +718,22 @@ def _redirect_target(response: httpx2.Response, url: httpx2.URL) -> httpx2.URL:
         )
     # Credentials in a Location would be the origin's own choice, but they
     # are never ours to send; the fragment is not sent either.
-    return target.copy_with(userinfo=b"", fragment=None)
+    return target.with_user(None).with_fragment(None)
 
 
-def _content_length(response: httpx2.Response) -> int | None:
+def _content_codings(response: aiohttp.ClientResponse) -> list[str]:
+    """The Content-Encoding tokens, lower case, in the order applied (RFC 9110 §8.4)."""
+    return [
+        coding.strip().lower()
+        for value in response.headers.getall("Content-Encoding", ())
+        for coding in value.split(",")
+        if coding.strip()
+    ]
+
+
+def _content_length(response: aiohttp.ClientResponse) -> int | None:
     """``Content-Length`` as bytes, or None when absent or not a single number (RFC 9110 §8.6)."""
-    values = {v.strip() for v in response.headers.get_list("Content-Length", split_commas=True)}
+    values = {v.strip() for value in response.headers.getall("Content-Length", ()) for v in value.split(",")}
     if len(values) != 1:
         return None
     value = values.pop()
@@ -636,17 +756,18 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _origin_key(url: httpx2.URL) -> tuple[str, str, int]:
+def _origin_key(url: URL) -> tuple[str, str, int]:
+    """(scheme, host, port): the origin of RFC 6454 §4, the unit of the per-origin limit."""
     port = url.port or (443 if url.scheme == "https" else 80)
-    return (url.scheme, url.raw_host.decode("ascii", "replace").lower(), port)
+    return (url.scheme, (url.raw_host or "").lower(), port)
 
 
-def _display(url: httpx2.URL) -> str:
+def _display(url: URL) -> str:
     """The URL without credentials, for messages."""
-    return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
+    return str(url.with_user(None)) if url.raw_user is not None or url.raw_password is not None else str(url)
 
 
-def _display_origin(url: httpx2.URL) -> str:
+def _display_origin(url: URL) -> str:
     scheme, host, port = _origin_key(url)
     if ":" in host:
         host = f"[{host}]"
@@ -654,7 +775,13 @@ def _display_origin(url: httpx2.URL) -> str:
 
 
 def _status_text(status: int) -> str:
-    phrase = httpx2.codes.get_reason_phrase(status)
+    """``404 Not Found``: the status code and its reason phrase from RFC 9110 §15, when it has one."""
+    phrase = _REASON_PHRASES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
     return f"{status} {phrase}" if phrase else str(status)
 
 
@@ -666,18 +793,33 @@ def _of_length(content_length: int | None) -> str:
     return f" of {content_length}" if content_length is not None else ""
 
 
+def _describe_lost_connection(response: aiohttp.ClientResponse, exc: BaseException) -> str:
+    """Why a body stopped: the connection's own error ("Connection reset by peer") when known.
+
+    aiohttp reports a cut body as a payload error that names only the
+    missing bytes; what happened to the connection is kept on its protocol.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    lost = protocol.exception() if protocol is not None else None
+    return describe_network_error(lost if lost is not None else exc)
+
+
 def describe_network_error(exc: BaseException) -> str:
     """A short description of a failed connection or transfer, for a person.
 
-    httpx2 often wraps the operating system's error in errors whose own text
-    is empty or generic ("All connection attempts failed"); the OS's words
-    ("Connection refused", "Connection reset by peer") say more, so the first
-    error along the chain of causes that carries an errno wins.
+    aiohttp wraps the operating system's error in errors whose own text is
+    long and technical ("Cannot connect to host ... ssl:default [Connect
+    call failed ...]"); the OS's words ("Connection refused", "Connection
+    reset by peer") say more, so the first error along the chain of causes
+    that carries an errno wins (for a DNS failure, the resolver's words).
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, socket.gaierror) and current.strerror:
+            return current.strerror
         if isinstance(current, OSError) and current.errno:
             return os.strerror(current.errno)
         current = current.__cause__ or current.__context__

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx2
+import aiohttp
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
@@ -115,34 +115,41 @@ class AttemptResult:
 
 
 async def attempt_delivery(
-    client: httpx2.AsyncClient, delivery: WebhookDelivery, secret: str
+    session: aiohttp.ClientSession, delivery: WebhookDelivery, secret: str
 ) -> AttemptResult:
-    """POST the delivery once; never raises for the receiver's faults."""
+    """POST the delivery once; never raises for the receiver's faults.
+
+    ``session`` comes from ``create_guarded_session`` (the address guard and
+    the webhook timeout are its). Redirects are not followed: a 3xx answer is
+    a failed delivery, as any answer outside 2xx other than 408, 429 and 5xx.
+    """
     try:
         # The same URL checks as a file's (SPEC.md "Webhook"), before any DNS
         # lookup or connection: a host or port no connection can be made to.
-        parse_http_url(delivery.url)
+        url = parse_http_url(delivery.url)
     except FetchError as exc:
         return AttemptResult(False, False, None, exc.reason[:MAX_ERROR_CHARS])
     headers = sign(secret, delivery.id, utcnow(), delivery.payload)
     headers["content-type"] = "application/json"
     try:
-        response = await client.post(delivery.url, content=delivery.payload.encode(), headers=headers)
+        async with session.post(
+            url, data=delivery.payload.encode(), headers=headers, allow_redirects=False
+        ) as response:
+            status = response.status
     except BlockedAddressError as exc:
         return AttemptResult(False, False, None, str(exc))
     except HostNotFoundError as exc:
         # The receiver's DNS may be fixed before the schedule runs out.
         return AttemptResult(False, True, None, str(exc)[:MAX_ERROR_CHARS])
-    except httpx2.TimeoutException:
+    except TimeoutError:  # aiohttp's timeouts are TimeoutError too
         return AttemptResult(False, True, None, "timed out")
-    except httpx2.HTTPError as exc:
-        error = f"{type(exc).__name__}: {describe_network_error(exc)}"
+    except (aiohttp.ClientError, OSError) as exc:
+        error = f"connection failed: {describe_network_error(exc)}"
         return AttemptResult(False, True, None, error[:MAX_ERROR_CHARS])
-    if 200 <= response.status_code < 300:
-        return AttemptResult(True, False, response.status_code, None)
-    retryable = response.status_code in (408, 429) or response.status_code >= 500
-    error = f"receiver answered {response.status_code}"
-    return AttemptResult(False, retryable, response.status_code, error)
+    if 200 <= status < 300:
+        return AttemptResult(True, False, status, None)
+    retryable = status in (408, 429) or status >= 500
+    return AttemptResult(False, retryable, status, f"receiver answered {status}")
 
 
 def record_attempt(

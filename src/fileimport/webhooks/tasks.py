@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
+import aiohttp
 import anyio
-import httpx2
 import structlog
 
+from fileimport.core.address_guard import create_guarded_session, guard_from_settings
 from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
 from fileimport.webhooks import repository
 from fileimport.webhooks.models import DeliveryState
 from fileimport.webhooks.service import AttemptResult, attempt_delivery, record_attempt
 
+if TYPE_CHECKING:
+    import httpx2
+
 log = structlog.get_logger(__name__)
 
 CLAIM_LIMIT = 16
 
 
-async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> int:
-    """Attempt every delivery that is due now, concurrently; returns how many were attempted."""
+async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession | httpx2.AsyncClient) -> int:
+    """Attempt every delivery that is due now, concurrently; returns how many were attempted.
+
+    ``client`` is the worker's webhook session from ``create_guarded_session``
+    (with ``timeout_seconds=settings.webhook_timeout``). Transitional: an
+    httpx2 client, which ``worker.py`` still passes, is not used; a guarded
+    aiohttp session is made for the deliveries due instead.
+    """
     settings = runtime.settings
     now = utcnow()
     # The claim pushes next_attempt_at past the longest an attempt can take.
@@ -30,13 +42,13 @@ async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> 
         secrets = await repository.webhook_secrets(session, {d.project_id for d in due})
         claimed = [(d.id, d.project_id) for d in due]
 
-    async def attempt(delivery_id: str, project_id: int) -> None:
+    async def attempt(http_session: aiohttp.ClientSession, delivery_id: str, project_id: int) -> None:
         async with runtime.db.reader() as read_session:
             delivery = await repository.get_delivery(read_session, delivery_id)
         if delivery is None or delivery.state != DeliveryState.PENDING:
             return
         try:
-            result = await attempt_delivery(client, delivery, secrets[project_id])
+            result = await attempt_delivery(http_session, delivery, secrets[project_id])
         except Exception as exc:
             # Counted and retried like a network error: unrecorded, it would be
             # retried forever without a trace, and it must not cancel the
@@ -48,9 +60,17 @@ async def deliver_due_webhooks(runtime: Runtime, client: httpx2.AsyncClient) -> 
             if stored is not None and stored.state == DeliveryState.PENDING:
                 record_attempt(stored, result, settings.webhook_retry_schedule, utcnow())
 
-    async with anyio.create_task_group() as tg:
-        for delivery_id, project_id in claimed:
-            tg.start_soon(attempt, delivery_id, project_id)
+    if not claimed:
+        return 0
+    async with contextlib.AsyncExitStack() as stack:
+        if not isinstance(client, aiohttp.ClientSession):
+            guard = guard_from_settings(settings)
+            client = await stack.enter_async_context(
+                create_guarded_session(guard, timeout_seconds=settings.webhook_timeout)
+            )
+        async with anyio.create_task_group() as tg:
+            for delivery_id, project_id in claimed:
+                tg.start_soon(attempt, client, delivery_id, project_id)
     return len(claimed)
 
 

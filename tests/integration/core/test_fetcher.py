@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import anyio
-import httpx2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fileimport import USER_AGENT
-from fileimport.core.address_guard import AddressGuard, Resolver, create_guarded_transport
+from fileimport.core.address_guard import AddressGuard, Resolver, create_guarded_session
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
 from fileimport.core.settings import Settings
 from tests.support.fault_origin import (
@@ -91,15 +91,15 @@ def spool_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def connect_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every address httpcore2 opens a TCP connection to."""
+    """Every address a socket of this process tries to connect to (``socket.connect``)."""
     hosts: list[str] = []
-    real_connect = anyio.connect_tcp
+    real_connect = socket.socket.connect
 
-    async def recording_connect(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
-        hosts.append(str(remote_host))
-        return await real_connect(remote_host, remote_port, **kwargs)
+    def recording_connect(sock: socket.socket, address: Any) -> None:
+        hosts.append(str(address[0]))
+        real_connect(sock, address)
 
-    monkeypatch.setattr(anyio, "connect_tcp", recording_connect)
+    monkeypatch.setattr(socket.socket, "connect", recording_connect)
     return hosts
 
 
@@ -186,6 +186,17 @@ async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None
     assert result.path.read_bytes() == body
 
 
+@pytest.mark.parametrize("codings", ["deflate", "raw-deflate", "gzip,deflate", "deflate,gzip"])
+async def test_deflate_and_stacked_codings_are_decoded(
+    origin: FaultOrigin, fetch: FetchFn, codings: str
+) -> None:
+    body = payload(300_000)
+    result = await fetch(origin.url(f"/encoded?size=300000&codings={codings}"))
+    assert isinstance(result, FetchedFile)
+    assert result.size == 300_000
+    assert result.sha256 == sha256(body)
+
+
 @pytest.mark.parametrize(
     ("path", "raw_path", "name"),
     [
@@ -196,6 +207,8 @@ async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None
             "/files/%C3%9Cbersicht%202024/plan%20(1).pdf",
             "Übersicht 2024/plan (1).pdf",
         ),
+        # In the query too a space is %20 (RFC 3986), not a form's "+".
+        ("/files/a b.jpg?v=1 2&w=é", "/files/a%20b.jpg?v=1%202&w=%C3%A9", "a b.jpg"),
     ],
 )
 async def test_paths_with_spaces_and_non_ascii_are_percent_encoded(
@@ -623,6 +636,25 @@ async def test_loopback_is_blocked_by_default(
     assert connect_log == []
 
 
+async def test_allowed_host_is_reached_but_its_address_stays_blocked_as_a_literal(
+    origin: FaultOrigin, connect_log: list[str], fetch: FetchFn
+) -> None:
+    # files.internal is allowed by name; 127.0.0.1 is in no allowed network.
+    guard = AddressGuard(
+        allowed_hosts=["files.internal"], resolver=stub_resolver({"files.internal": ["127.0.0.1"]})
+    )
+    result = await fetch(f"http://files.internal:{origin.port}/ok?size=10", guard=guard)
+    assert isinstance(result, FetchedFile)
+
+    literal = f"http://127.0.0.1:{origin.port}/ok?size=20"
+    redirecting = f"http://files.internal:{origin.port}/redirect?to={quote(literal, safe='')}"
+    error = await fetch_error(fetch, redirecting, guard=guard)
+    assert error.code == "blocked_address"
+    assert "127.0.0.1 is a loopback address" in error.reason
+    assert origin.hits["/ok"] == 1
+    assert connect_log == ["127.0.0.1", "127.0.0.1"]  # one connection per fetcher, both to files.internal
+
+
 async def test_dns_rebinding_cannot_reach_a_blocked_address(connect_log: list[str], spool_dir: Path) -> None:
     """The resolver answers the allowed 127.0.0.2 first and the blocked 127.0.0.1
     afterwards; an origin listens on both. Only the checked answer is used."""
@@ -708,7 +740,7 @@ async def test_waiting_for_an_origin_slot_does_not_count_against_the_deadline(
     assert origin.max_in_flight == 1
 
 
-# -- TLS through the guarded transport ------------------------------------------
+# -- TLS through the guarded session --------------------------------------------
 
 
 def tls_contexts(tmp_path: Path, hostname: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -750,13 +782,14 @@ async def test_tls_uses_the_host_name_while_connecting_to_the_checked_address(
     server_ctx, client_ctx = tls_contexts(tmp_path, "files.test")
     async with serve_fault_origin(ssl_context=server_ctx) as secure:
         guard = AddressGuard(allowed_networks=LOOPBACK, resolver=stub_resolver({"files.test": ["127.0.0.1"]}))
-        transport = create_guarded_transport(guard, verify=client_ctx)
-        async with httpx2.AsyncClient(transport=transport) as client:
-            response = await client.get(f"https://files.test:{secure.port}/ok?size=321")
+        async with create_guarded_session(guard, ssl_context=client_ctx) as session:
+            async with session.get(f"https://files.test:{secure.port}/ok?size=321") as response:
+                status = response.status
+                body = await response.read()
             # The certificate names files.test only: reaching it by address fails.
-            with pytest.raises(httpx2.ConnectError):
-                await client.get(f"https://127.0.0.1:{secure.port}/ok")
-    assert response.status_code == 200
-    assert response.content == payload(321)
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(f"https://127.0.0.1:{secure.port}/ok")
+    assert status == 200
+    assert body == payload(321)
     assert secure.requests[0].headers["Host"] == f"files.test:{secure.port}"
-    assert connect_log[0] == "127.0.0.1"
+    assert connect_log == ["127.0.0.1", "127.0.0.1"]

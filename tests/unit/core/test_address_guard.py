@@ -7,6 +7,7 @@ through stub resolvers.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 import httpcore2
@@ -18,6 +19,8 @@ from fileimport.core.address_guard import (
     AddressGuard,
     BlockedAddressError,
     GuardedNetworkBackend,
+    GuardedResolver,
+    GuardedSocketFactory,
     HostNotFoundError,
     Resolver,
     guard_from_settings,
@@ -263,6 +266,84 @@ def test_guard_from_settings() -> None:
     with pytest.raises(BlockedAddressError):
         guard.check_address("10.0.0.1")
     assert guard.allowed_hosts == frozenset({"files.internal"})
+
+
+def tcp(
+    address: str, port: int = 80
+) -> tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int]]:
+    """An address as aiohttp hands it to the socket factory."""
+    if ":" in address:
+        return (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port, 0, 0))
+    return (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
+
+
+async def test_resolver_answers_the_checked_addresses_in_order() -> None:
+    answers = {"files.example": ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]}
+    resolver = GuardedResolver(AddressGuard(resolver=stub_resolver(answers)))
+    results = await resolver.resolve("files.example", 443, socket.AF_UNSPEC)
+    assert [(r["hostname"], r["host"], r["port"], r["family"]) for r in results] == [
+        ("files.example", "93.184.216.34", 443, socket.AF_INET),
+        ("files.example", "2606:2800:220:1:248:1893:25c8:1946", 443, socket.AF_INET6),
+    ]
+    only_v6 = await resolver.resolve("files.example", 443, socket.AF_INET6)
+    assert [r["host"] for r in only_v6] == ["2606:2800:220:1:248:1893:25c8:1946"]
+
+
+async def test_resolver_refuses_a_name_with_any_blocked_answer() -> None:
+    answers = {"mixed.example": ["93.184.216.34", "10.0.0.7"], "metadata.example": ["169.254.169.254"]}
+    resolver = GuardedResolver(AddressGuard(resolver=stub_resolver(answers)))
+    with pytest.raises(
+        BlockedAddressError, match=re.escape("mixed.example resolves to 10.0.0.7, a private address")
+    ):
+        await resolver.resolve("mixed.example", 80)
+    with pytest.raises(BlockedAddressError):
+        await resolver.resolve("metadata.example", 80)
+    with pytest.raises(HostNotFoundError):
+        await resolver.resolve("nowhere.example", 80)
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("10.0.0.1", "10.0.0.1 is a private address"),
+        ("127.0.0.1", "127.0.0.1 is a loopback address"),
+        ("169.254.169.254", "169.254.169.254 is a link-local address"),
+        ("::1", "::1 is a loopback address"),
+        ("::ffff:10.0.0.1", "::ffff:a00:1 is a private address"),
+        ("fe80::1%25eth0", "fe80::1%eth0 is a link-local address"),
+        ("not-an-address", "not-an-address is an unrecognised address"),
+    ],
+)
+def test_socket_factory_refuses_blocked_literals_without_a_socket(
+    monkeypatch: pytest.MonkeyPatch, address: str, message: str
+) -> None:
+    """aiohttp connects to an IP literal without the resolver: the factory is its check."""
+    made: list[object] = []
+    monkeypatch.setattr(socket, "socket", lambda *args, **kwargs: made.append(args))
+    with pytest.raises(BlockedAddressError, match=re.escape(message)):
+        GuardedSocketFactory(AddressGuard())(tcp(address))
+    assert made == []
+
+
+def test_socket_factory_makes_a_socket_for_an_allowed_address() -> None:
+    guard = AddressGuard(allowed_networks=[ipaddress.ip_network("127.0.0.0/8")])
+    with GuardedSocketFactory(guard)(tcp("127.0.0.1")) as sock:
+        assert (sock.family, sock.type) == (socket.AF_INET, socket.SOCK_STREAM)
+    with GuardedSocketFactory(guard)(tcp("93.184.216.34")) as sock:
+        assert sock.family == socket.AF_INET
+
+
+async def test_allowed_host_addresses_pass_the_socket_factory_only_as_resolved() -> None:
+    guard = AddressGuard(
+        allowed_hosts=["files.internal"], resolver=stub_resolver({"files.internal": ["10.0.0.5"]})
+    )
+    [resolved] = await GuardedResolver(guard).resolve("files.internal", 80, socket.AF_UNSPEC)
+    factory = GuardedSocketFactory(guard)
+    with factory(tcp(resolved["host"])):
+        pass
+    # The same address written in a URL is checked like any other.
+    with pytest.raises(BlockedAddressError, match=re.escape("10.0.0.5 is a private address")):
+        factory(tcp("10.0.0.5"))
 
 
 class RecordingBackend(httpcore2.AsyncNetworkBackend):
