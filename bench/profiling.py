@@ -141,7 +141,13 @@ def profile_case(
         return {"skipped": "py-spy is not available"}
     results_dir.mkdir(parents=True, exist_ok=True)
     data_dir = settings.workdir / f"profile-{case}-data"
-    env = service_env(data_dir, settings.concurrency, database_url, settings.source)
+    env = service_env(
+        data_dir,
+        settings.concurrency,
+        database_url,
+        settings.source,
+        worker_processes=settings.worker_processes,
+    )
     token = prepare(env)
     report: dict[str, Any] = {}
     sections = []
@@ -176,7 +182,8 @@ def profile_case(
     text = results_dir / f"profile-{case}-{backend}.txt"
     header = (
         f"Profile of case ({case}): {what}, `fileimport serve` ({backend} + local folder), "
-        f"concurrency {settings.concurrency} (worker = per origin), origin nginx on 127.0.0.1; "
+        f"{settings.worker_processes} worker process(es) beside serve's own worker, concurrency "
+        f"{settings.concurrency} in all (worker = per origin), origin nginx on 127.0.0.1; "
         f"src measured: {settings.measured}.\n"
         f"Without the profiler the job took {plain.seconds:.2f} s and the service used "
         f"{plain.cpu_seconds:.2f} s of CPU ({plain.cpu_seconds / plain.seconds:.0%} of one core).\n"
@@ -200,6 +207,7 @@ def _record(
             "--rate",
             str(rate),
             "--threads",
+            "--subprocesses",  # the worker processes serve started (--worker-processes)
             *flags,
             "--format",
             "raw",

@@ -55,7 +55,6 @@ class Worker:
         # downloads of others sharing the data folder.
         self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
         self.held: set[int] = set()
-        self.files_limiter = anyio.Semaphore(concurrency)
 
     async def run(self) -> None:
         """Work until cancelled."""
@@ -127,7 +126,7 @@ class Worker:
         log.debug("import.files.leased", job_id=claim.job_id, files=len(ids), owner=self.owner)
         finished = False
         try:
-            await import_claimed_files(self.runtime, importer, claim, self.files_limiter)
+            await import_claimed_files(self.runtime, importer, claim)
             finished = True  # every file has its result, which cleared its lease
         except Exception:
             # A fault not tied to one file (database, storage): the leases are

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import anyio
 from sqlalchemy import DateTime, Dialect, Enum, MetaData, TypeDecorator, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -129,6 +130,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = anyio.Lock() if url.startswith("sqlite") else None
         # SQLite: a second pool whose transactions do not take the write lock.
         self._read_engine = create_engine(url, read_only=True) if url.startswith("sqlite") else None
         self.read_sessionmaker = (
@@ -139,8 +141,20 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessionmaker() as session, session.begin():
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        On SQLite, transactions of this process queue on an in-process lock
+        before BEGIN IMMEDIATE: the database has one writer at a time anyway,
+        and SQLite's busy handler makes a waiting connection sleep in steps of
+        up to 100 ms, where the lock hands over at once. Only other processes'
+        writers still meet the busy handler. Do not open a write transaction
+        while holding one in the same task: it would wait for itself.
+        """
+        if self._write_lock is None:
+            async with self.sessionmaker() as session, session.begin():
+                yield session
+            return
+        async with self._write_lock, self.sessionmaker() as session, session.begin():
             yield session
 
     @asynccontextmanager

@@ -56,12 +56,25 @@ PROBED_TYPES = ("image/", "audio/", "video/")
 
 
 class FileImporter:
-    """Imports single files of a job; safe to call concurrently."""
+    """Imports single files of a job; safe to call concurrently.
 
-    def __init__(self, runtime: Runtime, fetcher: OriginFetcher, recorder: ResultRecorder) -> None:
+    At most ``download_slots`` files (default: the worker's concurrency) are
+    downloaded, inspected and stored at once; a file gives its slot back
+    before its result is committed, so the commit (shared with other files,
+    see ``ResultRecorder``) does not hold a download back.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        fetcher: OriginFetcher,
+        recorder: ResultRecorder,
+        download_slots: anyio.Semaphore | None = None,
+    ) -> None:
         self.runtime = runtime
         self.fetcher = fetcher
         self.recorder = recorder
+        self.download_slots = download_slots or anyio.Semaphore(runtime.settings.worker_concurrency)
 
     async def import_file(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.
@@ -103,6 +116,14 @@ class FileImporter:
     async def _import(
         self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
     ) -> tuple[FileStatus, str, int]:
+        async with self.download_slots:
+            media_type, asset, origin, attempts = await self._download(ctx, file, existing)
+        return await self._save(ctx, file, media_type, asset, origin, attempts)
+
+    async def _download(
+        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
+    ) -> tuple[MediaTypeConfig, StoredAsset | None, OriginValidators, int]:
+        """Fetch, inspect and store the file; ``asset`` None when the origin answered 304."""
         declared = self._declared_media_type(ctx, file)
         max_bytes = (
             int(declared.max_file_size)
@@ -124,14 +145,8 @@ class FileImporter:
                     "unsupported_type", f"Media type '{existing.media_type}' is no longer configured."
                 )
             self._check_metadata(media_type, file)
-            return await self._save(
-                ctx,
-                file,
-                media_type,
-                None,
-                OriginValidators(file.url, result.etag, result.last_modified),
-                result.attempts,
-            )
+            origin = OriginValidators(file.url, result.etag, result.last_modified)
+            return media_type, None, origin, result.attempts
         BYTES_FETCHED.inc(result.size)
         try:
             media_type, probe = await self._inspect(ctx, file, declared, result)
@@ -139,7 +154,7 @@ class FileImporter:
         finally:
             result.path.unlink(missing_ok=True)
         origin = OriginValidators(file.url, result.etag, result.last_modified)
-        return await self._save(ctx, file, media_type, asset, origin, result.attempts)
+        return media_type, asset, origin, result.attempts
 
     def _declared_media_type(self, ctx: JobContext, file: ImportFile) -> MediaTypeConfig | None:
         if file.media_type is None:

@@ -11,7 +11,7 @@ from fileimport.core.dispatch import Topic
 from fileimport.core.metrics import JOBS_FINISHED
 from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
-from fileimport.imports.models import ImportFile, ImportJob
+from fileimport.imports.models import ImportJob
 from fileimport.imports.pipeline import FileImporter, JobContext
 from fileimport.imports.states import JobState
 from fileimport.media.repository import list_entries_by_keys
@@ -29,13 +29,13 @@ INTERRUPTED_REASON = (
 
 
 async def import_claimed_files(
-    runtime: Runtime, importer: FileImporter, claim: repository.ClaimedFiles, limiter: anyio.Semaphore
+    runtime: Runtime, importer: FileImporter, claim: repository.ClaimedFiles
 ) -> None:
     """Import the files of one claim (all of one job), then finish the job if none is pending.
 
     The caller holds the files' leases. Files are imported concurrently, at
-    most as many at once as ``limiter`` allows across every claim of this
-    worker. A file given a result
+    most as many downloads at once as the importer's ``download_slots``
+    allow across every claim of this worker. A file given a result
     meanwhile by another worker (after its lease expired here) is left as it is.
     """
     if claim.files:
@@ -49,16 +49,9 @@ async def import_claimed_files(
             keys = [f.external_id for f in claim.files]
             existing = await list_entries_by_keys(session, job.project_id, job.system_name, keys)
 
-        async def import_one(file: ImportFile) -> None:
-            try:
-                await importer.import_file(ctx, file, existing.get(file.external_id))
-            finally:
-                limiter.release()
-
         async with anyio.create_task_group() as tg:
             for file in claim.files:
-                await limiter.acquire()
-                tg.start_soon(import_one, file)
+                tg.start_soon(importer.import_file, ctx, file, existing.get(file.external_id))
     await finish_job_if_done(runtime, claim.job_id)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import anyio
 from sqlalchemy import update
 
 from fileimport.auth.service import Principal
@@ -70,9 +69,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
             OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher,
             ResultRecorder(runtime.db) as recorder,
         ):
-            await import_claimed_files(
-                runtime, FileImporter(runtime, fetcher, recorder), claim, anyio.Semaphore(4)
-            )
+            await import_claimed_files(runtime, FileImporter(runtime, fetcher, recorder), claim)
 
         async with runtime.db.transaction() as session:
             job = await repository.get_job(session, job_id)
