@@ -83,9 +83,11 @@ class Worker:
 
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
         settings = self.runtime.settings
+        idle = True
         while True:
             while len(self.held) + self.claim_size <= self.max_held:
-                claim = await self._claim()
+                claim = await self._claim(look_first=idle)
+                idle = claim is None
                 if claim is None:
                     break
                 if claim.exhausted:
@@ -95,16 +97,19 @@ class Worker:
                 tg.start_soon(self._run_claim, importer, claim, ids)
             await self.runtime.dispatcher.wait(Topic.IMPORTS, settings.worker_poll_seconds)
 
-    async def _claim(self) -> repository.ClaimedFiles | None:
-        """Lease the next files; None when there are none (or the database failed, logged)."""
+    async def _claim(self, *, look_first: bool) -> repository.ClaimedFiles | None:
+        """Lease the next files; None when there are none (or the database failed, logged).
+
+        ``look_first`` (an idle worker's poll): read whether any file is free
+        before claiming, since on SQLite a claim takes the write lock even
+        when it finds nothing; a busy worker claims at once.
+        """
         settings = self.runtime.settings
         try:
-            now = utcnow()
-            # A read first: idle workers poll often, and on SQLite a claim
-            # takes the write lock even when it finds nothing.
-            async with self.runtime.db.reader() as session:
-                if not await repository.any_claimable_files(session, now):
-                    return None
+            if look_first:
+                async with self.runtime.db.reader() as session:
+                    if not await repository.any_claimable_files(session, utcnow()):
+                        return None
             async with self.runtime.db.transaction() as session:
                 now = utcnow()
                 return await repository.claim_files(

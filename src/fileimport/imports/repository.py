@@ -125,17 +125,17 @@ async def claim_files(
         leased = [file_id for file_id, leases in rows if leases < max_leases]
         files: list[ImportFile] = []
         if leased:
-            await session.execute(
-                update(ImportFile)
-                .where(ImportFile.id.in_(leased))
-                .values(lease_owner=owner, lease_expires_at=lease_until, leases=ImportFile.leases + 1)
-            )
-            files = list(
+            files = sorted(
                 (
                     await session.execute(
-                        select(ImportFile).where(ImportFile.id.in_(leased)).order_by(ImportFile.position)
+                        update(ImportFile)
+                        .where(ImportFile.id.in_(leased))
+                        .values(lease_owner=owner, lease_expires_at=lease_until, leases=ImportFile.leases + 1)
+                        .returning(ImportFile),
+                        execution_options={"synchronize_session": False},
                     )
-                ).scalars()
+                ).scalars(),
+                key=lambda f: f.position,
             )
         return ClaimedFiles(job_id, files, len(exhausted))
     return None
