@@ -51,7 +51,8 @@ class ImportFile(Base):
     __tablename__ = "import_files"
     __table_args__ = (
         UniqueConstraint("job_id", "position"),
-        Index(None, "job_id", "status"),
+        # Claims read a job's pending files in batch order: no sort, whatever the job's size.
+        Index(None, "job_id", "status", "position"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

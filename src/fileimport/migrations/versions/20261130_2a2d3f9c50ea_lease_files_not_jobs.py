@@ -1,7 +1,9 @@
 """Lease files, not jobs: several workers can share one job.
 
 A job's lease (``lease_owner``, ``lease_expires_at``, ``attempts``) moves to
-its files; ``import_jobs.claimed_at`` orders jobs for round-robin claims.
+its files; ``import_jobs.claimed_at`` orders jobs for round-robin claims,
+and the index on a job's files by status gains ``position`` so that a claim
+reads the next pending files in batch order without sorting.
 Files pending at upgrade time start unleased, so any worker takes them.
 
 Revision ID: 2a2d3f9c50ea
@@ -29,6 +31,10 @@ def upgrade() -> None:
             sa.Column("lease_expires_at", fileimport.core.db.UTCDateTime(timezone=True), nullable=True)
         )
         batch_op.add_column(sa.Column("leases", sa.Integer(), server_default="0", nullable=False))
+        batch_op.drop_index(batch_op.f("ix_import_files_job_id"))
+        batch_op.create_index(
+            batch_op.f("ix_import_files_job_id"), ["job_id", "status", "position"], unique=False
+        )
 
     with op.batch_alter_table("import_jobs", schema=None) as batch_op:
         batch_op.add_column(
@@ -53,6 +59,8 @@ def downgrade() -> None:
         batch_op.drop_column("claimed_at")
 
     with op.batch_alter_table("import_files", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_import_files_job_id"))
+        batch_op.create_index(batch_op.f("ix_import_files_job_id"), ["job_id", "status"], unique=False)
         batch_op.drop_column("leases")
         batch_op.drop_column("lease_expires_at")
         batch_op.drop_column("lease_owner")
