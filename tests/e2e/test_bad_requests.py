@@ -45,6 +45,11 @@ def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
         (body(files=[dict(GOOD_FILE, metadata={"nope": "x"})]), {"files.0.metadata.nope"}),
         (body(files=[dict(GOOD_FILE, mediaType="sculpture")]), {"files.0.mediaType"}),
         (body(webhook="not a url"), {"webhook"}),
+        (body(files=[dict(GOOD_FILE, url="http://0177.0.0.1/cat.jpg")]), {"files.0.url"}),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, id="2", url="http://0x7f.1/2.jpg")]), {"files.1.url"}),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, id="2", url="http://2130706433/2.jpg")]), {"files.1.url"}),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, id="2", url="http://127.1:8080/2.jpg")]), {"files.1.url"}),
+        (body(webhook="http://0x7f.0.0.1/hook"), {"webhook"}),
         (body(systemName=""), {"systemName"}),
         (
             body(files=[dict(GOOD_FILE, url="bad"), dict(GOOD_FILE, id="b", metadata={"title": ["x"]})]),

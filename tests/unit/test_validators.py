@@ -6,6 +6,7 @@ exception: anything else would be a 500 for bad input, which SPEC.md rules out.
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fileimport.core.errors import ValidationFailed
-from fileimport.core.urls import MAX_URL_LENGTH, check_http_url
+from fileimport.core.urls import IPV4_FORM_PROBLEM, MAX_URL_LENGTH, check_http_url, host_problem
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import validate_import_request
 from fileimport.projects.config import (
@@ -175,6 +176,58 @@ def test_urls_with_c1_control_characters_are_rejected(control: str) -> None:
 )
 def test_urls_the_fetcher_would_refuse_are_rejected(url: str) -> None:
     assert check_http_url(url) is not None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0177.0.0.1",
+        "0x7f.1",
+        "0x7F.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "017700000001",
+        "127.1",
+        "127.0.1",
+        "127.0.0.1.",
+        "01.2.3.4",
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "example.123",
+        "example.0x1f",
+        "0x",
+        "\uff11\uff12\uff17\uff0e\uff11",
+    ],
+)
+def test_ipv4_addresses_in_other_forms_are_rejected(host: str) -> None:
+    """Browsers and inet_aton read these as IPv4 addresses; only a.b.c.d in decimal is taken."""
+    assert check_http_url(f"http://{host}/cat.jpg") == IPV4_FORM_PROBLEM
+    assert check_http_url(f"https://{host}:8443/cat.jpg") == IPV4_FORM_PROBLEM
+    assert host_problem(host) == IPV4_FORM_PROBLEM
+
+
+@pytest.mark.parametrize("host", ["a.0xg", "0xdead.example", "x1.example", "example.com.", "123.example"])
+def test_names_that_do_not_end_in_a_number_are_host_names(host: str) -> None:
+    assert check_http_url(f"http://{host}/cat.jpg") is None
+
+
+def _legacy_ipv4_forms(ip: ipaddress.IPv4Address) -> list[str]:
+    octets = list(ip.packed)
+    return [
+        str(int(ip)),
+        hex(int(ip)),
+        ".".join(f"0{octet:o}" for octet in octets),
+        ".".join(hex(octet) for octet in octets),
+        f"{octets[0]}.{octets[1]}.{octets[2] * 256 + octets[3]}",
+        f"{octets[0]}.{int.from_bytes(ip.packed[1:], 'big')}",
+    ]
+
+
+@given(st.ip_addresses(v=4))
+def test_every_ipv4_address_is_taken_only_in_dotted_decimal(ip: ipaddress.IPv4Address) -> None:
+    assert check_http_url(f"http://{ip}/") is None
+    for form in _legacy_ipv4_forms(ip):
+        assert check_http_url(f"http://{form}/") == IPV4_FORM_PROBLEM, form
 
 
 # -- metadata -----------------------------------------------------------------------

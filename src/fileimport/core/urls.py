@@ -3,7 +3,10 @@
 One set of rules for the API (a 400 naming the field) and the fetcher (a
 redirect's target): an absolute ``http``/``https`` URL (RFC 3986 §4.3) whose
 host is a DNS name or an IP literal, with a port in 1-65535, no user info
-and no control characters. Spaces and non-ASCII characters in the path and
+and no control characters. An IPv4 address must be written as four decimal
+numbers (RFC 3986 §3.2.2 ``IPv4address``): the legacy forms that
+``inet_aton`` and browsers (WHATWG URL) also read, such as ``0177.0.0.1``,
+``0x7f.1``, ``127.1`` or ``2130706433``, are refused rather than guessed. Spaces and non-ASCII characters in the path and
 query are allowed; they are percent-encoded when fetched (RFC 3986 §2.1).
 The check is plain string work, cheap enough for a 1000-file batch.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 
 MAX_URL_LENGTH = 2048
 
@@ -48,8 +52,22 @@ def check_http_url(value: str) -> str | None:
     return host_problem(authority)
 
 
+IPV4_FORM_PROBLEM = (
+    "must write an IPv4 address as four decimal numbers from 0 to 255 without leading zeros, "
+    "such as 192.0.2.1"
+)
+
+
 def host_problem(authority: str) -> str | None:
-    """The problem with ``host[:port]`` (RFC 3986 §3.2.2-3.2.3), or None."""
+    """The problem with ``host[:port]`` (RFC 3986 §3.2.2-3.2.3), or None.
+
+    The one host and port rule of the service: posted file and webhook URLs
+    and every redirect hop pass it. Returns a phrase to follow the field's
+    name. A host whose last label is a number (all digits, or ``0x`` and hex
+    digits) is an IPv4 address to a browser or ``inet_aton`` (WHATWG URL
+    "ends in a number"); it must then be a dotted-decimal address that
+    ``ipaddress.IPv4Address`` reads, else ``IPV4_FORM_PROBLEM``.
+    """
     host, port = authority, ""
     if authority.startswith("["):
         end = authority.find("]")
@@ -68,18 +86,40 @@ def host_problem(authority: str) -> str | None:
             host, port = authority.rsplit(":", 1)
         if not host:
             return "must name a host"
-        if not _valid_host_name(host):
+        ascii_host = _ascii_host_name(host)
+        if ascii_host is None:
             return "must name a valid host"
+        if _ends_in_number(ascii_host) and not _is_dotted_decimal(ascii_host):
+            return IPV4_FORM_PROBLEM
     if port and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
         return "must have a port from 1 to 65535"
     return None
 
 
-def _valid_host_name(host: str) -> bool:
+def _ascii_host_name(host: str) -> str | None:
+    """``host`` in lower case after IDNA encoding, or None when it is no valid host name."""
     host = host.lower()
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
-            return False
-    return bool(_HOST_NAME.match(host))
+            return None
+    return host if _HOST_NAME.match(host) else None
+
+
+def _ends_in_number(host: str) -> bool:
+    labels = host.split(".")
+    if labels[-1] == "" and len(labels) > 1:
+        labels.pop()
+    last = labels[-1]
+    if last.isdigit():
+        return True
+    return last[:2] == "0x" and all(c in string.hexdigits for c in last[2:])
+
+
+def _is_dotted_decimal(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)  # four decimal parts; leading zeros refused since Python 3.9.5
+    except ValueError:
+        return False
+    return True
