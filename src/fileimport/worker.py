@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -110,17 +111,18 @@ class Worker:
                 async with self.runtime.db.reader() as session:
                     if not await repository.any_claimable_files(session, utcnow()):
                         return None
-            async with self.runtime.db.transaction() as session:
-                now = utcnow()
-                return await repository.claim_files(
-                    session,
-                    self.owner,
-                    now,
-                    now + timedelta(seconds=settings.worker_lease_seconds),
-                    self.claim_size,
+            now = utcnow()
+            return await self.runtime.db.run_in_transaction(
+                partial(
+                    repository.claim_files,
+                    owner=self.owner,
+                    now=now,
+                    lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
+                    limit=self.claim_size,
                     max_leases=settings.file_max_leases,
                     interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
                 )
+            )
         except Exception:
             log.exception("worker.claim_failed")
             return None

@@ -5,19 +5,28 @@ IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of
 failing with "database is locked" when a read transaction upgrades to a write
 (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional DDL"
 for pysqlite/aiosqlite). PostgreSQL uses psycopg 3.
+
+Most code uses async sessions (aiosqlite, psycopg async). The import
+pipeline's hot write transactions (claiming files, recording results) are
+plain functions of a sync ``Session`` run whole in a worker thread
+(`Database.run_in_transaction`): with aiosqlite every statement is four
+thread hops through the event loop, and a transaction interleaved with the
+loop's other work held SQLite's write lock for many milliseconds, which
+stalled the other processes sharing the file (bench case (a)).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import DateTime, Dialect, Enum, MetaData, TypeDecorator, event
+from sqlalchemy import DateTime, Dialect, Engine, Enum, MetaData, TypeDecorator, event, make_url
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 NAMING_CONVENTION = {
@@ -123,6 +132,30 @@ def create_engine(url: str, *, echo: bool = False, read_only: bool = False) -> A
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+T = TypeVar("T")
+
+
+def create_thread_engine(url: str) -> Engine:
+    """A sync engine for ``url`` (given in its async form) whose connections are used from worker threads.
+
+    ``sqlite+aiosqlite`` becomes the standard library's sqlite3 (pysqlite),
+    with the same pragmas and BEGIN IMMEDIATE; ``postgresql+psycopg`` is
+    psycopg 3 in its sync mode.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_sync_engine(
+            parsed.set(drivername="sqlite"),
+            pool_size=4,
+            max_overflow=4,
+            connect_args={"check_same_thread": False},
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_sync_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
 class Database:
     """An engine and its session factory; sessions do not expire on commit."""
 
@@ -131,6 +164,8 @@ class Database:
         self.engine = create_engine(url)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = anyio.Lock() if url.startswith("sqlite") else None
+        self._thread_engine: Engine | None = None
+        self._thread_sessionmaker: sessionmaker[Session] | None = None
         # SQLite: a second pool whose transactions do not take the write lock.
         self._read_engine = create_engine(url, read_only=True) if url.startswith("sqlite") else None
         self.read_sessionmaker = (
@@ -157,6 +192,28 @@ class Database:
         async with self._write_lock, self.sessionmaker() as session, session.begin():
             yield session
 
+    async def run_in_transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work(session)`` in a worker thread inside one sync transaction; returns its result.
+
+        Committed when ``work`` returns, rolled back when it raises (the
+        exception propagates). On SQLite it takes this process's write lock
+        first, the same one as `transaction`, so the lock is held only for
+        the statements themselves. ``work`` must not touch the event loop.
+        """
+        if self._thread_sessionmaker is None:
+            self._thread_engine = create_thread_engine(self.url)
+            self._thread_sessionmaker = sessionmaker(self._thread_engine, expire_on_commit=False)
+        factory = self._thread_sessionmaker
+
+        def run() -> T:
+            with factory() as session, session.begin():
+                return work(session)
+
+        if self._write_lock is None:
+            return await anyio.to_thread.run_sync(run)
+        async with self._write_lock:
+            return await anyio.to_thread.run_sync(run)
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
         """A session for reads only (never commits; on SQLite it does not take the write lock)."""
@@ -165,5 +222,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._thread_engine is not None:
+            await anyio.to_thread.run_sync(self._thread_engine.dispose)
         if self._read_engine is not None:
             await self._read_engine.dispose()

@@ -21,6 +21,7 @@ from typing import Any, Self
 
 import anyio
 import structlog
+from sqlalchemy.orm import Session
 
 from fileimport.core.db import Database, utcnow
 from fileimport.imports import repository
@@ -119,37 +120,8 @@ class ResultRecorder:
             item.done.set_exception(exc)
 
     async def _write(self, batch: list[_Item], *, alone: bool = False) -> None:
-        """Write ``batch`` in one transaction; ``alone`` (one item) uses ``upsert_entry``,
-        which resolves a key created concurrently by another worker itself."""
-        now = utcnow()
-        resolved: list[tuple[_Item, RecordedResult | None]] = []
-        async with self._db.transaction() as session:
-            pending = await repository.lock_pending_files(session, [i.file_id for i in batch])
-            live = [i for i in batch if i.file_id in pending]
-            resolved.extend((i, None) for i in batch if i.file_id not in pending)
-            by_project: dict[int, list[_Item]] = defaultdict(list)
-            for item in live:
-                if item.entry_import is not None:
-                    by_project[item.project_id].append(item)
-            rows: list[dict[str, Any]] = []
-            for project_id, items in by_project.items():
-                imports = [i.entry_import for i in items if i.entry_import]
-                if alone:
-                    (only,) = imports
-                    outcomes = [await upsert_entry(session, project_id, only.change, only.asset, only.origin)]
-                else:
-                    outcomes = await upsert_entries(session, project_id, imports)
-                for item, outcome in zip(items, outcomes, strict=True):
-                    unchanged = outcome.action is UpsertAction.UNCHANGED
-                    status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
-                    reason = REASON_ALREADY_EXISTS if unchanged else None
-                    rows.append(_row(item, status, outcome.media_id, None, reason, now))
-                    resolved.append((item, RecordedResult(status, outcome.media_id)))
-            for item in live:
-                if item.entry_import is None:
-                    rows.append(_row(item, FileStatus.FAILED, None, item.code, item.reason, now))
-                    resolved.append((item, RecordedResult(FileStatus.FAILED, None)))
-            await repository.record_file_results(session, rows)
+        """Write ``batch`` in one transaction (in a worker thread), then settle each caller's future."""
+        resolved = await self._db.run_in_transaction(lambda session: _write_batch(session, batch, alone=alone))
         for item, result in resolved:
             if item.done.done():
                 continue
@@ -157,6 +129,43 @@ class ResultRecorder:
                 item.done.set_exception(ResultAlreadyRecorded(item.file_id))
             else:
                 item.done.set_result(result)
+
+
+def _write_batch(
+    session: Session, batch: list[_Item], *, alone: bool
+) -> list[tuple[_Item, RecordedResult | None]]:
+    """The statements of one batch (sync, in `Database.run_in_transaction`); each item's result,
+    None for one that another worker finished first. ``alone`` (one item) uses ``upsert_entry``,
+    which resolves a key created concurrently by another worker itself."""
+    now = utcnow()
+    resolved: list[tuple[_Item, RecordedResult | None]] = []
+    pending = repository.lock_pending_files(session, [i.file_id for i in batch])
+    live = [i for i in batch if i.file_id in pending]
+    resolved.extend((i, None) for i in batch if i.file_id not in pending)
+    by_project: dict[int, list[_Item]] = defaultdict(list)
+    for item in live:
+        if item.entry_import is not None:
+            by_project[item.project_id].append(item)
+    rows: list[dict[str, Any]] = []
+    for project_id, items in by_project.items():
+        imports = [i.entry_import for i in items if i.entry_import]
+        if alone:
+            (only,) = imports
+            outcomes = [upsert_entry(session, project_id, only.change, only.asset, only.origin)]
+        else:
+            outcomes = upsert_entries(session, project_id, imports)
+        for item, outcome in zip(items, outcomes, strict=True):
+            unchanged = outcome.action is UpsertAction.UNCHANGED
+            status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
+            reason = REASON_ALREADY_EXISTS if unchanged else None
+            rows.append(_row(item, status, outcome.media_id, None, reason, now))
+            resolved.append((item, RecordedResult(status, outcome.media_id)))
+    for item in live:
+        if item.entry_import is None:
+            rows.append(_row(item, FileStatus.FAILED, None, item.code, item.reason, now))
+            resolved.append((item, RecordedResult(FileStatus.FAILED, None)))
+    repository.record_file_results(session, rows)
+    return resolved
 
 
 def _row(

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from fileimport.imports.models import IdempotencyKey, ImportFile, ImportJob
 from fileimport.imports.states import FileStatus, JobState
@@ -62,8 +63,8 @@ class ClaimedFiles:
     exhausted: int
 
 
-async def claim_files(
-    session: AsyncSession,
+def claim_files(
+    session: Session,
     owner: str,
     now: datetime,
     lease_until: datetime,
@@ -81,10 +82,10 @@ async def claim_files(
     ``max_leases`` times fails with code ``interrupted`` and
     ``interrupted_reason`` instead of being leased again. ``SKIP LOCKED``
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
-    writers (BEGIN IMMEDIATE).
+    writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
     jobs = (
-        await session.execute(
+        session.execute(
             select(ImportJob.id)
             .where(ImportJob.state == JobState.STARTED)
             .order_by(ImportJob.claimed_at.is_not(None), ImportJob.claimed_at, ImportJob.started_at)
@@ -93,7 +94,7 @@ async def claim_files(
     ).scalars()
     for job_id in jobs:
         rows = (
-            await session.execute(
+            session.execute(
                 select(ImportFile.id, ImportFile.leases)
                 .where(
                     ImportFile.job_id == job_id,
@@ -107,10 +108,10 @@ async def claim_files(
         ).all()
         if not rows:
             continue
-        await session.execute(update(ImportJob).where(ImportJob.id == job_id).values(claimed_at=now))
+        session.execute(update(ImportJob).where(ImportJob.id == job_id).values(claimed_at=now))
         exhausted = [file_id for file_id, leases in rows if leases >= max_leases]
         if exhausted:
-            await session.execute(
+            session.execute(
                 update(ImportFile)
                 .where(ImportFile.id.in_(exhausted))
                 .values(
@@ -127,7 +128,7 @@ async def claim_files(
         if leased:
             files = sorted(
                 (
-                    await session.execute(
+                    session.execute(
                         update(ImportFile)
                         .where(ImportFile.id.in_(leased))
                         .values(lease_owner=owner, lease_expires_at=lease_until, leases=ImportFile.leases + 1)
@@ -205,9 +206,9 @@ async def delete_idempotency_key(session: AsyncSession, key_id: int) -> None:
     await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id))
 
 
-async def lock_pending_files(session: AsyncSession, file_ids: Sequence[int]) -> set[int]:
-    """Which of ``file_ids`` still have no result, locked until the transaction ends."""
-    rows = await session.execute(
+def lock_pending_files(session: Session, file_ids: Sequence[int]) -> set[int]:
+    """Which of ``file_ids`` still have no result, locked until the transaction ends (sync)."""
+    rows = session.execute(
         select(ImportFile.id)
         .where(ImportFile.id.in_(file_ids), ImportFile.status == FileStatus.PENDING)
         .with_for_update()
@@ -233,8 +234,8 @@ _RECORD_RESULT = (
 )
 
 
-async def record_file_results(session: AsyncSession, results: Sequence[dict[str, Any]]) -> None:
+def record_file_results(session: Session, results: Sequence[dict[str, Any]]) -> None:
     """Write final results in one executemany; each dict has ``id``, ``status``, ``media_id``,
-    ``code``, ``reason``, ``attempts``, ``finished_at``. The caller locked the rows as pending."""
+    ``code``, ``reason``, ``attempts``, ``finished_at``. The caller locked the rows as pending (sync)."""
     if results:
-        await session.execute(_RECORD_RESULT, [{f"b_{k}": v for k, v in r.items()} for r in results])
+        session.execute(_RECORD_RESULT, [{f"b_{k}": v for k, v in r.items()} for r in results])

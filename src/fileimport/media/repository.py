@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from fileimport.media.models import MediaEntry
 
@@ -70,13 +71,16 @@ async def count_references(session: AsyncSession, asset_keys: Sequence[str]) -> 
     return {key: count for key, count in rows}
 
 
-async def lock_entries_by_keys(
-    session: AsyncSession, project_id: int, keys: set[tuple[str, str]]
+def lock_entries_by_keys(
+    session: Session, project_id: int, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], MediaEntry]:
-    """Entries by (system name, external id), locked for update (PostgreSQL; SQLite locks the database)."""
+    """Entries by (system name, external id), locked for update (PostgreSQL; SQLite locks the database).
+
+    Sync: runs inside `Database.run_in_transaction` (or ``AsyncSession.run_sync``).
+    """
     if not keys:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(MediaEntry)
         .where(
             MediaEntry.project_id == project_id,

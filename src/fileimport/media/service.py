@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from fileimport.core.db import new_id, utcnow
 from fileimport.media import repository
@@ -109,8 +109,8 @@ def _apply(
     entry.origin_etag, entry.origin_last_modified = _storable(origin)
 
 
-async def upsert_entry(
-    session: AsyncSession,
+def upsert_entry(
+    session: Session,
     project_id: int,
     change: EntryChange,
     asset: StoredAsset | None,
@@ -121,22 +121,20 @@ async def upsert_entry(
     ``asset`` None means the origin answered 304 Not Modified: the bytes are
     the entry's current ones (raises LookupError if there is no entry).
     Two transactions racing on one key: the loser's insert hits the unique
-    constraint inside a savepoint and it continues as an update.
+    constraint inside a savepoint and it continues as an update. Sync: run
+    it in `Database.run_in_transaction` or with ``AsyncSession.run_sync``.
     """
-    entry = await repository.get_entry_by_key(
-        session, project_id, change.system_name, change.external_id, for_update=True
-    )
+    key = {(change.system_name, change.external_id)}
+    entry = repository.lock_entries_by_keys(session, project_id, key).get(next(iter(key)))
     if entry is None:
         if asset is None:
             raise LookupError("304 Not Modified for an entry that does not exist")
         entry = _new_entry(project_id, change, asset, origin)
         try:
-            async with session.begin_nested():
+            with session.begin_nested():
                 session.add(entry)
         except IntegrityError:
-            entry = await repository.get_entry_by_key(
-                session, project_id, change.system_name, change.external_id, for_update=True
-            )
+            entry = repository.lock_entries_by_keys(session, project_id, key).get(next(iter(key)))
             if entry is None:  # pragma: no cover - the constraint said it exists
                 raise
         else:
@@ -145,12 +143,12 @@ async def upsert_entry(
     if not _differs(entry, change, asset):
         if _storable(origin) != (entry.origin_etag, entry.origin_last_modified):
             entry.origin_etag, entry.origin_last_modified = _storable(origin)
-            await session.flush()
+            session.flush()
         return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)
     _apply(entry, change, asset, origin)
     entry.version += 1
     entry.updated_at = utcnow()
-    await session.flush()
+    session.flush()
     return UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED)
 
 
@@ -163,9 +161,7 @@ class EntryImport:
     origin: OriginValidators
 
 
-async def upsert_entries(
-    session: AsyncSession, project_id: int, imports: Sequence[EntryImport]
-) -> list[UpsertOutcome]:
+def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImport]) -> list[UpsertOutcome]:
     """``upsert_entry`` for many imports in one round of statements; flushes, never commits.
 
     One locking SELECT for every key, then the new entries in one flush and
@@ -176,7 +172,7 @@ async def upsert_entries(
     ``upsert_entry``, which resolves that race within its transaction.
     """
     keys = {(i.change.system_name, i.change.external_id) for i in imports}
-    entries = await repository.lock_entries_by_keys(session, project_id, keys)
+    entries = repository.lock_entries_by_keys(session, project_id, keys)
     created: list[MediaEntry] = []
     outcomes: list[UpsertOutcome] = []
     for item in imports:
@@ -199,9 +195,9 @@ async def upsert_entries(
             entry.updated_at = utcnow()
             outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED))
     if created:
-        async with session.begin_nested():
+        with session.begin_nested():
             session.add_all(created)
-    await session.flush()
+    session.flush()
     return outcomes
 
 

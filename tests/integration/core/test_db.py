@@ -71,10 +71,11 @@ def new_file(job_id: str, position: int, **values: object) -> ImportFile:
 
 
 async def claim(db: Database, owner: str, now: datetime, limit: int = 10) -> repository.ClaimedFiles | None:
-    async with db.transaction() as session:
-        return await repository.claim_files(
+    return await db.run_in_transaction(
+        lambda session: repository.claim_files(
             session, owner, now, now + timedelta(seconds=30), limit, max_leases=3, interrupted_reason="gone"
         )
+    )
 
 
 async def test_claim_takes_free_and_expired_leases_only_in_batch_order(db: Database) -> None:
@@ -171,11 +172,11 @@ async def test_two_transactions_racing_on_one_key_make_one_entry(db: Database) -
 
     async def second() -> tuple[str, UpsertAction]:
         async with db.transaction() as session:
-            outcome = await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+            outcome = await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
             return outcome.media_id, outcome.action
 
     async with db.transaction() as session:
-        first = await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+        first = await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
         racing = asyncio.create_task(second())
         await asyncio.sleep(0.5)
         assert not racing.done(), "the second transaction should wait for the first"
@@ -194,11 +195,11 @@ async def test_racing_update_after_unique_violation_bumps_the_version_once(db: D
 
     async def second() -> tuple[int, UpsertAction]:
         async with db.transaction() as session:
-            outcome = await upsert_entry(session, project_id, changed, ASSET, ORIGIN)
+            outcome = await session.run_sync(upsert_entry, project_id, changed, ASSET, ORIGIN)
             return outcome.version, outcome.action
 
     async with db.transaction() as session:
-        await upsert_entry(session, project_id, change, ASSET, ORIGIN)
+        await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
         racing = asyncio.create_task(second())
         await asyncio.sleep(0.5)
     assert await asyncio.wait_for(racing, 10) == (2, UpsertAction.UPDATED)
@@ -211,10 +212,12 @@ async def test_json_metadata_round_trips_unicode_and_nesting(db: Database) -> No
     project_id = await new_project_id(db)
     metadata = {"title": "Zürich ☃ 東京", "tags": ["a", "b"], "n": 1.5, "nested": {"ok": True, "none": None}}
     async with db.transaction() as session:
-        await upsert_entry(session, project_id, EntryChange("s", "e", "f", metadata, "image"), ASSET, ORIGIN)
+        await session.run_sync(
+            upsert_entry, project_id, EntryChange("s", "e", "f", metadata, "image"), ASSET, ORIGIN
+        )
     async with db.transaction() as session:
-        again = await upsert_entry(
-            session, project_id, EntryChange("s", "e", "f", dict(metadata), "image"), ASSET, ORIGIN
+        again = await session.run_sync(
+            upsert_entry, project_id, EntryChange("s", "e", "f", dict(metadata), "image"), ASSET, ORIGIN
         )
     assert again.action is UpsertAction.UNCHANGED
 

@@ -51,9 +51,9 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
             # Both files were leased twice (file_max_leases) and never finished.
             await session.execute(update(ImportFile).where(ImportFile.job_id == job_id).values(leases=2))
 
-        async with runtime.db.transaction() as session:
-            now = utcnow()
-            claim = await repository.claim_files(
+        now = utcnow()
+        claim = await runtime.db.run_in_transaction(
+            lambda session: repository.claim_files(
                 session,
                 "w",
                 now,
@@ -62,6 +62,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
                 max_leases=settings.file_max_leases,
                 interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
             )
+        )
         assert claim is not None
         assert (claim.files, claim.exhausted) == ([], 2)
 
