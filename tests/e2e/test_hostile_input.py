@@ -228,11 +228,58 @@ async def test_unpaired_surrogates_are_rejected_by_name(
     assert path in details
 
 
+@pytest.mark.parametrize(
+    ("request_body", "path"),
+    [
+        (body(systemName=" "), "systemName"),
+        (body(systemName="\t\r\n \u3000"), "systemName"),
+        (body(files=[dict(GOOD_FILE, id="   ")]), "files.0.id"),
+        (body(files=[GOOD_FILE, dict(GOOD_FILE, id="\u00a0")]), "files.1.id"),
+        (body(files=[dict(GOOD_FILE, fileName=" ")]), "files.0.fileName"),
+        (body(files=[dict(GOOD_FILE, fileName="\u2003\u2028")]), "files.0.fileName"),
+    ],
+)
+async def test_blank_names_are_rejected_by_name(
+    service: RunningService, request_body: dict[str, Any], path: str
+) -> None:
+    """Whitespace alone is no system name, external id or title a person can find again."""
+    details = error_details(await service.post_import(request_body), 400)
+    assert set(details) == {path}
+    assert "whitespace" in details[path]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "code_point"),
+    [
+        ("cat\u202egpj.exe", "U+202E"),
+        ("\u202aleft", "U+202A"),
+        ("a\u202db", "U+202D"),
+        ("a\u2066b\u2069", "U+2066"),
+        ("isolate\u2069", "U+2069"),
+        ("tab\there", "U+0009"),
+        ("new\nline", "U+000A"),
+        ("bell\x07", "U+0007"),
+        ("del\x7f", "U+007F"),
+        ("next\x85line", "U+0085"),
+        ("csi\x9b", "U+009B"),
+    ],
+)
+async def test_control_and_bidi_characters_in_file_names_are_rejected(
+    service: RunningService, file_name: str, code_point: str
+) -> None:
+    """A download name that reorders itself ("cat\u202egpj.exe" shows as "catexe.jpg") or holds controls."""
+    files = [GOOD_FILE, dict(GOOD_FILE, id="2", fileName=file_name)]
+    details = error_details(await service.post_import(body(files=files)), 400)
+    assert set(details) == {"files.1.fileName"}
+    assert code_point in details["files.1.fileName"]
+
+
 @ON_BOTH_DATABASES
 async def test_odd_but_valid_unicode_is_accepted(service: RunningService) -> None:
     odd = "\u202ecat \U0001f408\u200d\u2b1b \ufeff e\u0301 \uffff"
+    title = odd.replace("\u202e", "\u200f")  # a file name refuses the override U+202E, not the mark U+200F
     response = await service.post_import(
-        body(systemName=odd, files=[dict(GOOD_FILE, id=odd, fileName=odd, metadata={"caption": odd})])
+        body(systemName=odd, files=[dict(GOOD_FILE, id=odd, fileName=title, metadata={"caption": odd})])
     )
     assert response.status_code == 200, response.text
     status = await service.status(response.json()["id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,29 @@ from fileimport.core.urls import MAX_URL_LENGTH, check_http_url
 from fileimport.imports.states import FileStatus, JobState
 
 MAX_CONTEXT_BYTES = 8192
+BLANK_MESSAGE = "must not be blank (only whitespace)"
+# C0 and C1 controls (Unicode category Cc) and the bidirectional embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a download name they
+# break headers and file systems, or show "cat\u202egpj.exe" as "catexe.jpg"
+# (CVE-2021-42574, "Trojan Source").
+_FILE_NAME_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def not_blank(value: str) -> str:
+    """``value`` unchanged; raises ValueError (BLANK_MESSAGE) when it is only whitespace (``str.isspace``)."""
+    if value.isspace():
+        raise ValueError(BLANK_MESSAGE)
+    return value
+
+
+def printable_file_name(value: str) -> str:
+    """``value`` unchanged; raises ValueError naming the first control or bidi formatting character."""
+    if found := _FILE_NAME_FORBIDDEN.search(value):
+        raise ValueError(
+            "must not contain control characters or bidirectional formatting characters "
+            f"(U+202A-U+202E, U+2066-U+2069); found U+{ord(found.group()):04X}"
+        )
+    return value
 
 
 def _http_url(value: str) -> str:
@@ -37,14 +61,19 @@ class ImportFileSpec(BaseModel):
 
     url: HttpUrl = Field(description="Absolute http(s) URL, at most 2048 characters.")
     id: str = Field(
-        min_length=1, max_length=255, pattern=NUL_FREE_PATTERN, description="Stored as externalId."
+        min_length=1,
+        max_length=255,
+        pattern=NUL_FREE_PATTERN,
+        description="Stored as externalId; not only whitespace.",
     )
     file_name: str = Field(
         alias="fileName",
         min_length=1,
         max_length=255,
         pattern=NUL_FREE_PATTERN,
-        description="The entry's title and the base of its download file name.",
+        description="The entry's title and the base of its download file name; not only whitespace, "
+        "no control characters (Unicode Cc) and no bidirectional formatting characters "
+        "(U+202A-U+202E, U+2066-U+2069).",
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -58,6 +87,9 @@ class ImportFileSpec(BaseModel):
         pattern=NUL_FREE_PATTERN,
         description="Handle of a configured media type; chosen from the sniffed bytes when absent.",
     )
+
+    _not_blank = field_validator("id", "file_name")(not_blank)
+    _file_name_printable = field_validator("file_name")(printable_file_name)
 
 
 # The reference's example request.
@@ -81,12 +113,20 @@ class ImportRequest(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, json_schema_extra={"examples": [REFERENCE_EXAMPLE]})
 
-    system_name: str = Field(alias="systemName", min_length=1, max_length=255, pattern=NUL_FREE_PATTERN)
+    system_name: str = Field(
+        alias="systemName",
+        min_length=1,
+        max_length=255,
+        pattern=NUL_FREE_PATTERN,
+        description="Identifier of the system imported from; not only whitespace.",
+    )
     webhook: HttpUrl | None = Field(default=None, description="Notified by POST when the job finishes.")
     context: dict[str, Any] | None = Field(
         default=None, description="Passed to the webhook; compact JSON at most 8192 bytes, no NUL characters."
     )
     files: list[ImportFileSpec] = Field(min_length=1)
+
+    _system_name_not_blank = field_validator("system_name")(not_blank)
 
     @field_validator("context")
     @classmethod
