@@ -53,11 +53,13 @@ _ERROR_DESCRIPTIONS = {
     415: "Request body is not UTF-8 JSON",
     416: "Range outside the asset",
     422: "Idempotency-Key already used with a different request body",
+    429: "Over the project's quota of files in unfinished jobs: retry after `Retry-After` seconds",
     503: "Database or storage unreachable",
 }
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "`Bearer` challenge (RFC 6750)", "schema": {"type": "string"}}},
     416: {"Content-Range": {"description": "`bytes */<size>`", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait (RFC 9110 §10.2.3)", "schema": {"type": "string"}}},
 }
 
 
@@ -115,6 +117,15 @@ class UnsupportedMediaType(ApiError):
 
 class PayloadTooLarge(ApiError):
     status_code = 413
+
+
+class TooManyRequests(ApiError):
+    """429 (RFC 6585 §4); ``retry_after`` seconds go to the ``Retry-After`` header."""
+
+    status_code = 429
+
+    def __init__(self, details: dict[str, Any], *, retry_after: int) -> None:
+        super().__init__(details, headers={"Retry-After": str(retry_after)})
 
 
 class NotReady(ApiError):

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: ByteSize = ByteSize(16 * 1024 * 1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
+    project_max_pending_files: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="A project's quota: files in its unfinished jobs; a POST that would exceed it is a 429.",
+    )
 
     # Worker
     worker_concurrency: int = Field(default=16, ge=1, le=1024)

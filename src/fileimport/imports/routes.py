@@ -42,7 +42,7 @@ IDEMPOTENCY_KEY_PATTERN = "^[\\x20-\\x7E]+$"
                 }
             },
         },
-        **error_responses(413, 415, 422),
+        **error_responses(413, 415, 422, 429),
     },
     openapi_extra={"x-request-model": "ImportRequest"},
 )
@@ -78,6 +78,9 @@ async def import_files(
                 return JobCreated(id=earlier)
     try:
         async with runtime.db.transaction() as session:
+            await service.check_project_quota(
+                session, principal.project_id, len(import_request.files), settings.project_max_pending_files
+            )
             job_id = await service.create_job(
                 session, principal, import_request, idempotency_key=idempotency_key, fingerprint=fingerprint
             )

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import Principal
@@ -19,6 +20,7 @@ from fileimport.core.errors import (
     NUL_MESSAGE,
     SURROGATE_MESSAGE,
     NotFound,
+    TooManyRequests,
     Unprocessable,
     ValidationFailed,
     validation_details,
@@ -33,6 +35,9 @@ from fileimport.webhooks import repository as webhook_repository
 # Deeper JSON than this is no metadata or webhook context a person wrote.
 MAX_JSON_DEPTH = 32
 DEPTH_MESSAGE = f"must not nest deeper than {MAX_JSON_DEPTH} levels"
+# Seconds a client over its quota is asked to wait: long enough for workers to
+# finish some jobs, short enough that a migration script keeps moving.
+QUOTA_RETRY_AFTER_SECONDS = 60
 
 
 def validate_import_request(data: Any, config: ProjectConfig, max_batch_files: int) -> ImportRequest:
@@ -171,6 +176,52 @@ async def find_idempotent_job(
     if stored.request_sha256 != fingerprint:
         raise Unprocessable({"Idempotency-Key": "was already used with a different request body"})
     return stored.job_id
+
+
+async def check_project_quota(session: AsyncSession, project_id: int, batch_files: int, limit: int) -> None:
+    """Refuse a batch that would take the project over ``limit`` files in unfinished jobs.
+
+    The quota (``FILEIMPORT_PROJECT_MAX_PENDING_FILES``, SPEC.md "Errors")
+    bounds a project's backlog: every file of each of its jobs still
+    ``started`` counts until that job finishes. Raises ValidationFailed
+    (400, ``files``) when the batch alone is over ``limit``, as no retry can
+    help, and TooManyRequests (429, ``Retry-After``: QUOTA_RETRY_AFTER_SECONDS)
+    when the files already waiting plus ``batch_files`` are; its details name
+    the ``limit`` and the ``pending`` count. One query that sums
+    ``import_jobs.total_files`` over the started jobs (found through the
+    index on ``state``), so its cost grows with the number of unfinished
+    jobs, not of files. Checked when a job is posted: concurrent posts can
+    pass the limit by at most their own batches.
+    """
+    if batch_files > limit:
+        raise ValidationFailed(
+            {
+                "files": f"must have at most {limit} items: the project's quota of files in unfinished "
+                f"jobs (FILEIMPORT_PROJECT_MAX_PENDING_FILES), has {batch_files}"
+            }
+        )
+    pending = await _files_in_unfinished_jobs(session, project_id)
+    if pending + batch_files > limit:
+        raise TooManyRequests(
+            {
+                "files": f"the project has {pending} files in unfinished jobs and a quota of {limit} "
+                f"(FILEIMPORT_PROJECT_MAX_PENDING_FILES); this batch of {batch_files} would exceed it: "
+                "retry once some jobs have finished",
+                "limit": limit,
+                "pending": pending,
+            },
+            retry_after=QUOTA_RETRY_AFTER_SECONDS,
+        )
+
+
+async def _files_in_unfinished_jobs(session: AsyncSession, project_id: int) -> int:
+    # Belongs in repository.py (all SQL of the feature), which is being reworked elsewhere.
+    total = await session.scalar(
+        select(func.coalesce(func.sum(ImportJob.total_files), 0)).where(
+            ImportJob.state == JobState.STARTED, ImportJob.project_id == project_id
+        )
+    )
+    return int(total or 0)
 
 
 async def create_job(
