@@ -423,6 +423,7 @@ def validation_outcome(data: Any) -> ImportRequest | ValidationFailed:
 @example(
     {"systemName": "s", "files": [{"url": "http://h/a", "id": "a", "fileName": "a", "metadata": {"x": 1}}]}
 )
+@example({"": [["\x00"]]})
 def test_validate_import_request_answers_any_json_body(data: Any) -> None:
     request = validation_outcome(data)
     if isinstance(request, ValidationFailed):

@@ -98,7 +98,8 @@ def json_text_problems(data: Any) -> dict[str, str]:
                 if isinstance(key, str) and (problem := _text_problem(key)):
                     problems.setdefault(where, f"keys {problem}")
                     continue
-                stack.append((f"{path}.{key}" if path else str(key), item, depth + 1))
+                # Joined below the root even when ``path`` is "": an object key may be empty.
+                stack.append((f"{path}.{key}" if depth else str(key), item, depth + 1))
     return problems
 
 
