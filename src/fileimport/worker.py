@@ -18,12 +18,11 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import aiohttp
 import anyio
-import httpx2
 import structlog
 
-from fileimport import USER_AGENT
-from fileimport.core.address_guard import create_guarded_transport, guard_from_settings
+from fileimport.core.address_guard import create_guarded_session, guard_from_settings
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
@@ -61,24 +60,18 @@ class Worker:
         """Work until cancelled."""
         settings = self.runtime.settings
         guard = guard_from_settings(settings)
-        webhook_client = httpx2.AsyncClient(
-            transport=create_guarded_transport(guard),
-            timeout=httpx2.Timeout(settings.webhook_timeout),
-            follow_redirects=False,
-            headers={"user-agent": USER_AGENT},
-        )
         removed = await anyio.to_thread.run_sync(remove_abandoned_spool_dirs, settings.spool_dir)
         log.info("worker.started", owner=self.owner, abandoned_spool_files_removed=removed)
         async with (
             OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
             ResultRecorder(self.runtime.db) as recorder,
-            webhook_client,
+            create_guarded_session(guard, timeout_seconds=settings.webhook_timeout) as webhook_session,
             anyio.create_task_group() as tg,
         ):
             importer = FileImporter(self.runtime, fetcher, recorder)
             tg.start_soon(self._import_loop, importer, tg)
             tg.start_soon(self._lease_loop)
-            tg.start_soon(self._webhook_loop, webhook_client)
+            tg.start_soon(self._webhook_loop, webhook_session)
             tg.start_soon(self._blob_sweep_loop)
         await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
 
@@ -176,11 +169,11 @@ class Worker:
             except Exception:
                 log.exception("media.blob_sweep.failed")
 
-    async def _webhook_loop(self, client: httpx2.AsyncClient) -> None:
+    async def _webhook_loop(self, session: aiohttp.ClientSession) -> None:
         settings = self.runtime.settings
         while True:
             try:
-                await deliver_due_webhooks(self.runtime, client)
+                await deliver_due_webhooks(self.runtime, session)
                 wait = await seconds_until_next_delivery(self.runtime, settings.worker_poll_seconds)
             except Exception:
                 log.exception("webhook.loop_failed")

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
-import httpcore2
-import httpx2
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fileimport import USER_AGENT
@@ -302,116 +300,6 @@ def _normalize_host(host: str) -> str:
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     return name
-
-
-class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
-    """An httpcore2 network backend that connects only to checked addresses.
-
-    Transitional: only ``create_guarded_transport`` uses it, for the httpx2
-    webhook client that ``worker.py`` still builds; both go once the worker
-    uses ``create_guarded_session``.
-
-    ``connect_tcp`` resolves the host once through the guard and connects to
-    the checked IP addresses in order (the first that accepts wins), so there
-    is no second DNS lookup. TLS is unaffected: httpcore2 passes the original
-    host name to ``start_tls`` as ``server_hostname`` (SNI and certificate
-    check), and the ``Host`` header comes from the request URL.
-
-    Errors: ``BlockedAddressError`` and ``HostNotFoundError`` propagate as
-    they are (httpx2 re-raises exceptions it does not know unchanged);
-    temporary DNS failures become ``httpcore2.ConnectError``; the connect
-    timeout (seconds) covers resolution and all connection attempts and
-    becomes ``httpcore2.ConnectTimeout``.
-    """
-
-    def __init__(self, guard: AddressGuard, backend: httpcore2.AsyncNetworkBackend | None = None) -> None:
-        self._guard = guard
-        self._backend = backend or httpcore2.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await self._guard.resolve(host, port)
-        except TimeoutError as exc:
-            raise httpcore2.ConnectTimeout(f"resolving {host} timed out") from exc
-        except OSError as exc:  # temporary DNS failure: worth a retry
-            raise httpcore2.ConnectError(f"resolving {host} failed: {exc}") from exc
-
-        last_error: Exception | None = None
-        for address in addresses:
-            remaining = None if deadline is None else deadline - anyio.current_time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore2.ConnectTimeout(f"connecting to {host} timed out")
-            try:
-                stream = await self._backend.connect_tcp(
-                    address,
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-                return stream
-            except httpcore2.ConnectError as exc:
-                last_error = exc
-        if last_error is None:  # resolve() never returns an empty list
-            raise httpcore2.ConnectError(f"{host} has no address to connect to")
-        raise last_error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
-        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        """Refused: a Unix socket would bypass the address guard."""
-        raise httpcore2.ConnectError("Unix domain sockets are not allowed by the address guard")
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-
-
-def create_guarded_transport(
-    guard: AddressGuard,
-    *,
-    max_connections: int | None = None,
-    max_keepalive_connections: int | None = 20,
-    keepalive_expiry: float | None = 5.0,
-    verify: ssl.SSLContext | bool = True,
-) -> httpx2.AsyncHTTPTransport:
-    """An httpx2 transport whose every TCP connection goes through ``guard``.
-
-    Transitional (see ``GuardedNetworkBackend``); new code uses
-    ``create_guarded_session``.
-
-    ``max_connections`` (None: unlimited) and ``max_keepalive_connections``
-    bound the pool, ``keepalive_expiry`` is in seconds, ``verify`` is
-    httpx2's TLS verification setting. HTTP/1.1 only; environment proxies are
-    ignored (a proxy would connect on our behalf, past the guard).
-    """
-    ssl_context = httpx2.create_ssl_context(verify=verify, trust_env=False)
-    transport = httpx2.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
-    # httpx2.AsyncHTTPTransport has no network_backend parameter, so replace
-    # its (still unused, connection-less) pool with one that connects through
-    # the guard. The rest of the transport (exception mapping, stream
-    # wrapping) stays httpx2's own.
-    transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=ssl_context,
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive_connections,
-        keepalive_expiry=keepalive_expiry,
-        http1=True,
-        http2=False,
-        network_backend=GuardedNetworkBackend(guard),
-    )
-    return transport
 
 
 class _AllowedHostAddress(str):

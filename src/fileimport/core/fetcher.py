@@ -191,6 +191,7 @@ class OriginFetcher:
         return self._session
 
     async def __aenter__(self) -> Self:
+        await anyio.Path(self._spool_dir).mkdir(parents=True, exist_ok=True)
         return self
 
     async def __aexit__(
@@ -224,7 +225,6 @@ class OriginFetcher:
         file is left behind on failure or cancellation.
         """
         target = parse_http_url(url)
-        await anyio.Path(self._spool_dir).mkdir(parents=True, exist_ok=True)
         conditional: dict[str, str] = {}
         if etag:
             conditional["If-None-Match"] = etag
@@ -556,7 +556,11 @@ class _Spool:
 
     def _open(self) -> tuple[IO[bytes], Path]:
         if self._opened is None:
-            fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._folder)
+            try:
+                fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._folder)
+            except FileNotFoundError:  # the folder was removed (by hand?) since the fetcher started
+                self._folder.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._folder)
             self._opened = (os.fdopen(fd, "wb"), Path(name))
         return self._opened
 

@@ -1,6 +1,6 @@
 """structlog configuration: key-value lines on a terminal, JSON lines in production.
 
-The standard library's loggers (uvicorn, httpx2, alembic) go through the same
+The standard library's loggers (uvicorn, aiohttp, alembic) go through the same
 renderer, so a JSON log has no plain-text lines in it. Tracebacks never show
 local variables: they may hold tokens or database passwords.
 """
@@ -50,5 +50,3 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # One line per outgoing request is noise at INFO; the pipeline logs its own events.
-    logging.getLogger("httpx2").setLevel(max(numeric, logging.WARNING))

@@ -121,7 +121,9 @@ class ResultRecorder:
 
     async def _write(self, batch: list[_Item], *, alone: bool = False) -> None:
         """Write ``batch`` in one transaction (in a worker thread), then settle each caller's future."""
-        resolved = await self._db.run_in_transaction(lambda session: _write_batch(session, batch, alone=alone))
+        resolved = await self._db.run_in_transaction(
+            lambda session: _write_batch(session, batch, alone=alone)
+        )
         for item, result in resolved:
             if item.done.done():
                 continue

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
 import structlog
 
-from fileimport.core.address_guard import create_guarded_session, guard_from_settings
 from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
 from fileimport.webhooks import repository
 from fileimport.webhooks.models import DeliveryState
 from fileimport.webhooks.service import AttemptResult, attempt_delivery, record_attempt
 
-if TYPE_CHECKING:
-    import httpx2
-
 log = structlog.get_logger(__name__)
 
 CLAIM_LIMIT = 16
 
 
-async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession | httpx2.AsyncClient) -> int:
+async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) -> int:
     """Attempt every delivery that is due now, concurrently; returns how many were attempted.
 
     ``client`` is the worker's webhook session from ``create_guarded_session``
-    (with ``timeout_seconds=settings.webhook_timeout``). Transitional: an
-    httpx2 client, which ``worker.py`` still passes, is not used; a guarded
-    aiohttp session is made for the deliveries due instead.
+    (with ``timeout_seconds=settings.webhook_timeout``).
     """
     settings = runtime.settings
     now = utcnow()
@@ -60,17 +52,9 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession |
             if stored is not None and stored.state == DeliveryState.PENDING:
                 record_attempt(stored, result, settings.webhook_retry_schedule, utcnow())
 
-    if not claimed:
-        return 0
-    async with contextlib.AsyncExitStack() as stack:
-        if not isinstance(client, aiohttp.ClientSession):
-            guard = guard_from_settings(settings)
-            client = await stack.enter_async_context(
-                create_guarded_session(guard, timeout_seconds=settings.webhook_timeout)
-            )
-        async with anyio.create_task_group() as tg:
-            for delivery_id, project_id in claimed:
-                tg.start_soon(attempt, client, delivery_id, project_id)
+    async with anyio.create_task_group() as tg:
+        for delivery_id, project_id in claimed:
+            tg.start_soon(attempt, client, delivery_id, project_id)
     return len(claimed)
 
 

@@ -10,7 +10,6 @@ import ipaddress
 import re
 import socket
 
-import httpcore2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +17,6 @@ from hypothesis import strategies as st
 from fileimport.core.address_guard import (
     AddressGuard,
     BlockedAddressError,
-    GuardedNetworkBackend,
     GuardedResolver,
     GuardedSocketFactory,
     HostNotFoundError,
@@ -344,67 +342,6 @@ async def test_allowed_host_addresses_pass_the_socket_factory_only_as_resolved()
     # The same address written in a URL is checked like any other.
     with pytest.raises(BlockedAddressError, match=re.escape("10.0.0.5 is a private address")):
         factory(tcp("10.0.0.5"))
-
-
-class RecordingBackend(httpcore2.AsyncNetworkBackend):
-    """Records what the guarded backend asks for; connects to nothing."""
-
-    def __init__(self, refuse: set[str] | None = None) -> None:
-        self.connected: list[tuple[str, int]] = []
-        self.tls_hostnames: list[str | None] = []
-        self._refuse = refuse or set()
-
-    async def connect_tcp(self, host: str, port: int, **kwargs: object) -> httpcore2.AsyncNetworkStream:  # type: ignore[override]
-        self.connected.append((host, port))
-        if host in self._refuse:
-            raise httpcore2.ConnectError(f"refused by {host}")
-        backend = self
-
-        class Stream(httpcore2.AsyncMockStream):
-            async def start_tls(
-                self, ssl_context: object, server_hostname: str | None = None, timeout: float | None = None
-            ) -> httpcore2.AsyncNetworkStream:
-                backend.tls_hostnames.append(server_hostname)
-                return self
-
-        return Stream([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"])
-
-
-async def test_backend_connects_to_the_checked_address_and_keeps_the_name_for_tls() -> None:
-    """httpcore2 hands the backend a host name; the socket goes to the checked IP,
-    while TLS (SNI, certificate) still uses the name."""
-    calls: list[str] = []
-    guard = AddressGuard(resolver=stub_resolver({"files.example": ["93.184.216.34"]}, calls))
-    recorder = RecordingBackend()
-    pool = httpcore2.AsyncConnectionPool(network_backend=GuardedNetworkBackend(guard, recorder))
-    async with pool:
-        response = await pool.request("GET", "https://files.example/a.jpg")
-    assert response.status == 200
-    assert recorder.connected == [("93.184.216.34", 443)]
-    assert recorder.tls_hostnames == ["files.example"]
-    assert calls == ["files.example"]
-
-
-async def test_backend_tries_the_next_checked_address() -> None:
-    answers = {"files.example": ["93.184.216.34", "93.184.216.35"]}
-    recorder = RecordingBackend(refuse={"93.184.216.34"})
-    backend = GuardedNetworkBackend(AddressGuard(resolver=stub_resolver(answers)), recorder)
-    stream = await backend.connect_tcp("files.example", 80, timeout=1.0)
-    await stream.aclose()
-    assert recorder.connected == [("93.184.216.34", 80), ("93.184.216.35", 80)]
-
-
-async def test_backend_blocks_before_connecting() -> None:
-    recorder = RecordingBackend()
-    guard = AddressGuard(resolver=stub_resolver({"metadata.example": ["169.254.169.254"]}))
-    backend = GuardedNetworkBackend(guard, recorder)
-    with pytest.raises(BlockedAddressError):
-        await backend.connect_tcp("metadata.example", 80)
-    with pytest.raises(BlockedAddressError):
-        await backend.connect_tcp("10.0.0.1", 80)
-    with pytest.raises(httpcore2.ConnectError):
-        await backend.connect_unix_socket("/var/run/docker.sock")
-    assert recorder.connected == []
 
 
 @st.composite
