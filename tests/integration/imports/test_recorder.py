@@ -1,0 +1,80 @@
+"""The result recorder when another worker creates the same key while a batch is being written."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from fileimport.auth.service import Principal
+from fileimport.core.db import Database
+from fileimport.imports import repository
+from fileimport.imports.recorder import ResultRecorder
+from fileimport.imports.schemas import ImportRequest
+from fileimport.imports.service import create_job
+from fileimport.imports.states import FileStatus
+from fileimport.media.models import MediaEntry
+from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset, upsert_entry
+from fileimport.projects.service import create_project
+
+SHA = "ab" * 32
+ASSET = StoredAsset(key=f"sha256/ab/ab/{SHA}", sha256=SHA, size=3, mime_type="image/png")
+ORIGIN = OriginValidators("http://127.0.0.1:9/a.png")
+
+
+async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_and_every_result(
+    database_url: str,
+) -> None:
+    """On PostgreSQL the batch's insert waits on the other transaction's uncommitted row, then
+    fails on the unique key when it commits; the recorder writes the batch again file by file,
+    and the racing file finds the entry (skipped) while the others are created. On SQLite the
+    batch waits for the write lock and then sees the entry: the same outcome by the plain path."""
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            project = await create_project(session, "p")
+            request = ImportRequest.model_validate(
+                {
+                    "systemName": "s",
+                    "files": [
+                        {"url": ORIGIN.url, "id": external_id, "fileName": "a"}
+                        for external_id in ("raced", "other-1", "other-2")
+                    ],
+                }
+            )
+            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
+        async with db.reader() as session:
+            files = list(await repository.list_files(session, job_id))
+
+        def change(external_id: str) -> EntryChange:
+            return EntryChange("s", external_id, "a", {}, "image")
+
+        async with ResultRecorder(db) as recorder:
+            async with db.transaction() as other_worker:
+                # Another worker's transaction creates the raced key and holds it uncommitted.
+                await other_worker.run_sync(upsert_entry, project.id, change("raced"), ASSET, ORIGIN)
+                batch = [
+                    asyncio.create_task(
+                        recorder.record_import(
+                            project.id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
+                        )
+                    )
+                    for f in files
+                ]
+                await asyncio.sleep(0.5)
+                assert not any(task.done() for task in batch), "the batch should wait for the other worker"
+            results = await asyncio.wait_for(asyncio.gather(*batch), 30)
+
+        assert [r.status for r in results] == [FileStatus.SKIPPED, FileStatus.SUCCESS, FileStatus.SUCCESS]
+        async with db.reader() as session:
+            entries = (await session.execute(select(MediaEntry.external_id, MediaEntry.id))).all()
+            recorded = [(f.status, f.media_id) for f in await repository.list_files(session, job_id)]
+            assert await session.scalar(select(func.count()).select_from(MediaEntry)) == 3
+        by_key = dict(entries)
+        assert recorded == [
+            (FileStatus.SKIPPED, by_key["raced"]),
+            (FileStatus.SUCCESS, by_key["other-1"]),
+            (FileStatus.SUCCESS, by_key["other-2"]),
+        ]
+    finally:
+        await db.dispose()
