@@ -56,9 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-processes",
         type=int,
-        default=max(0, (os.cpu_count() or 1) - 1),
+        default=0,
         help="fileimport serve --worker-processes for (a), (b), (d): workers beside serve's own; "
-        "the concurrency is split between the processes (default: cores - 1)",
+        "the concurrency is split between the processes (default 0: on 2 cores, one more process "
+        "measured no faster, since nginx, the database and this client need the other core)",
     )
     parser.add_argument(
         "--concurrency",

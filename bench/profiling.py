@@ -63,15 +63,19 @@ EVENT_LOOP_STATES = [
 ]
 STAGES = [
     (
-        "per file: record the result (_save/_record_failure: SQLAlchemy + aiosqlite)",
-        ["FileImporter._save", "FileImporter._record_failure"],
+        "record results (the recorder's batch transactions, in a worker thread)",
+        ["_write_batch", "ResultRecorder"],
     ),
+    ("claim files (in a worker thread)", ["claim_files", "Worker._claim"]),
     ("per file: MIME sniffing (libmagic, on the event loop)", ["sniff_mime_type"]),
     ("per file: probe (Pillow/mutagen, worker thread)", ["probe_file"]),
     ("per file: store the blob (exists + put_file)", ["FileImporter._store"]),
-    ("per file: fetch (httpx2/httpcore2, spool write, SHA-256)", ["OriginFetcher.fetch"]),
+    ("per file: fetch (aiohttp, spool write, SHA-256)", ["OriginFetcher.fetch"]),
     ("per file: other pipeline code", ["FileImporter.import_file"]),
-    ("job start/finish (run_import_job, finish_job_if_done)", ["run_import_job", "finish_job_if_done"]),
+    (
+        "claim start/job finish (import_claimed_files, finish_job_if_done)",
+        ["import_claimed_files", "finish_job_if_done"],
+    ),
     (
         "API requests (the bench's status polls; auth, routing, JSON)",
         ["RequestResponseCycle", "import_status", "ServerErrorMiddleware"],
@@ -84,7 +88,7 @@ STAGES = [
     # SQLAlchemy's async layer runs its sync code in a greenlet, and py-spy
     # shows that stack without the coroutine that awaits it.
     (
-        "SQLAlchemy sync code in a greenlet, caller not visible (mostly the per-file _save)",
+        "SQLAlchemy sync code in a greenlet, caller not visible",
         ["sqlalchemy/"],
     ),
     ("event loop and callbacks (uvloop, asyncio, anyio glue)", ["Runner.run"]),
@@ -93,7 +97,7 @@ LIBRARIES = [
     ("SQLAlchemy (ORM, Core, compile, result)", ["sqlalchemy/"]),
     ("aiosqlite / sqlite3", ["aiosqlite/", "sqlite3/"]),
     ("greenlet (SQLAlchemy async bridge)", ["greenlet"]),
-    ("httpx2 / httpcore2 / h11 (fetching)", ["httpx2/", "httpcore2/", "h11/"]),
+    ("aiohttp / yarl (fetching)", ["aiohttp/", "yarl/", "multidict/", "aiohappyeyeballs/"]),
     ("anyio", ["anyio/"]),
     ("asyncio / uvloop", ["asyncio/", "uvloop/"]),
     ("uvicorn / starlette / FastAPI", ["uvicorn/", "starlette/", "fastapi/"]),
@@ -231,12 +235,16 @@ def _record(
 
 
 def parse(raw: str) -> list[tuple[list[str], int]]:
-    """Collapsed stacks (``thread;root;...;leaf count``)."""
+    """Collapsed stacks (``[process PID:"cmd";]thread;root;...;leaf count``); the process frame
+    that ``--subprocesses`` puts first is dropped, so every stack starts with its thread."""
     stacks = []
     for line in raw.splitlines():
         frames, _, count = line.strip().rpartition(" ")
         if frames:
-            stacks.append((frames.split(";"), int(count)))
+            parts = frames.split(";")
+            if parts[0].startswith("process "):
+                parts = parts[1:]
+            stacks.append((parts, int(count)))
     return stacks
 
 
