@@ -295,7 +295,7 @@ async def get_job_status(session: AsyncSession, principal: Principal, job_id: st
                 reason=f.reason,
                 code=f.code,
             )
-            for f in await repository.list_files(session, job.id)
+            for f in await repository.list_file_results(session, job.id)
         ]
     webhook = None
     if job.webhook_url:

@@ -73,7 +73,7 @@ async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:
         counts = await repository.count_files_by_status(session, job_id)
         job.state = JobState.SUCCESS
         job.finished_at = utcnow()
-        files = list(await repository.list_files(session, job_id))
+        files = list(await repository.list_file_results(session, job_id))
         delivery = schedule_delivery(session, job, files)
     JOBS_FINISHED.labels(state=JobState.SUCCESS).inc()
     log.info(

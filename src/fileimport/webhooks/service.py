@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +31,8 @@ from fileimport.core.address_guard import BlockedAddressError, HostNotFoundError
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.fetcher import FetchError, describe_network_error, parse_http_url
 from fileimport.core.metrics import WEBHOOK_ATTEMPTS
-from fileimport.imports.models import ImportFile, ImportJob
+from fileimport.imports.models import ImportJob
+from fileimport.imports.repository import FileResultRow
 from fileimport.imports.states import FileStatus
 from fileimport.webhooks.models import DeliveryState, WebhookDelivery
 
@@ -44,7 +46,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def build_payload(job: ImportJob, files: list[ImportFile]) -> dict[str, Any]:
+def build_payload(job: ImportJob, files: Sequence[FileResultRow]) -> dict[str, Any]:
     """The ``import.files.finished`` body (SPEC.md "Webhook")."""
     counts = {status: 0 for status in (FileStatus.SUCCESS, FileStatus.SKIPPED, FileStatus.FAILED)}
     failed = []
@@ -72,7 +74,7 @@ def build_payload(job: ImportJob, files: list[ImportFile]) -> dict[str, Any]:
 
 
 def schedule_delivery(
-    session: AsyncSession, job: ImportJob, files: list[ImportFile]
+    session: AsyncSession, job: ImportJob, files: Sequence[FileResultRow]
 ) -> WebhookDelivery | None:
     """Add the job's webhook delivery, due now, to the session (None without a webhook URL)."""
     if not job.webhook_url:

@@ -74,7 +74,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
 
         async with runtime.db.transaction() as session:
             job = await repository.get_job(session, job_id)
-            files = await repository.list_files(session, job_id)
+            files = await repository.list_file_results(session, job_id)
             delivery = await get_delivery_for_job(session, job_id)
         assert job is not None
         assert job.state is JobState.SUCCESS

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from fileimport.auth.service import Principal
 from fileimport.core.db import Database
 from fileimport.imports import repository
+from fileimport.imports.models import ImportFile
 from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
@@ -44,7 +45,15 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
             )
             job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
         async with db.reader() as session:
-            files = list(await repository.list_files(session, job_id))
+            files = (
+                (
+                    await session.execute(
+                        select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+                    )
+                )
+                .scalars()
+                .all()
+            )
 
         def change(external_id: str) -> EntryChange:
             return EntryChange("s", external_id, "a", {}, "image")
@@ -68,7 +77,7 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
         assert [r.status for r in results] == [FileStatus.SKIPPED, FileStatus.SUCCESS, FileStatus.SUCCESS]
         async with db.reader() as session:
             entries = (await session.execute(select(MediaEntry.external_id, MediaEntry.id))).all()
-            recorded = [(f.status, f.media_id) for f in await repository.list_files(session, job_id)]
+            recorded = [(f.status, f.media_id) for f in await repository.list_file_results(session, job_id)]
             assert await session.scalar(select(func.count()).select_from(MediaEntry)) == 3
         by_key = dict(entries)
         assert recorded == [
