@@ -82,7 +82,9 @@ def serve(
     host: Annotated[
         str, typer.Option(envvar="FILEIMPORT_HOST", help="Interface to bind (FILEIMPORT_HOST).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="FILEIMPORT_PORT", help="Port (FILEIMPORT_PORT).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, envvar="FILEIMPORT_PORT", help="Port (FILEIMPORT_PORT).")
+    ] = 8000,
     no_worker: Annotated[
         bool,
         typer.Option("--no-worker", envvar="FILEIMPORT_NO_WORKER", help="API only (FILEIMPORT_NO_WORKER)."),
@@ -253,6 +255,12 @@ def project_create(
     config: Annotated[Path | None, typer.Option(help="Media type configuration, YAML or JSON.")] = None,
 ) -> None:
     """Create a project (default media types unless --config)."""
+    if not name.strip() or name != name.strip() or not name.isprintable():
+        err.print(
+            f"[red]invalid project name {name!r}:[/red] use printable characters, "
+            "without leading or trailing spaces"
+        )
+        raise typer.Exit(2)
     settings = _settings()
     project_config = _load_config(config) if config else None
 

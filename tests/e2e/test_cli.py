@@ -107,3 +107,17 @@ def test_project_with_configuration_and_scoped_expiring_tokens(tmp_path: Path) -
         expired = httpx2.get(f"{service.base_url}/api/v1/mediaLibrary?ids=x", headers=reader)
         assert expired.status_code == 401
         assert expired.json()["error_details"]
+
+
+def test_blank_project_names_and_ports_out_of_range_are_refused(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var")
+    cli(env, "migrate")
+    for name in ("", "   ", " padded", "tab\there"):
+        done = run(env, "project", "create", name)
+        assert done.returncode == 2, (name, done.stdout, done.stderr)
+        assert "invalid project name" in done.stderr
+    assert run(env, "project", "show", "   ").returncode != 0
+    for port in ("0", "70000"):
+        done = run(env, "serve", "--no-worker", "--port", port)
+        assert done.returncode == 2, (port, done.stderr)
+        assert "port" in done.stderr.lower()
