@@ -12,12 +12,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
+import structlog
 import typer
 import yaml
 from pydantic import ValidationError
@@ -41,6 +44,7 @@ token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(token_app, name="token")
 err = Console(stderr=True)
+log = structlog.get_logger(__name__)
 
 
 def _settings() -> Settings:
@@ -107,7 +111,7 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    children = [_start_worker_process() for _ in range(worker_processes)]
+    workers = WorkerProcesses(worker_processes)
     try:
         uvicorn.run(
             create_app(settings, run_worker=not no_worker),
@@ -119,14 +123,72 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     finally:
-        _stop_processes(children)
+        workers.stop()
+
+
+class WorkerProcesses:
+    """``count`` ``fileimport worker`` children of ``serve``, each started again when it dies.
+
+    A worker that dies (killed, out of memory, a crash in a decoder) leaves its
+    leases to expire and is replaced, so the capacity ``serve`` was started
+    with does not drain away. One that dies within ``QUICK_EXIT`` seconds of
+    starting is restarted after a pause that doubles up to ``MAX_PAUSE``
+    seconds, so a worker that cannot start does not spin.
+    """
+
+    QUICK_EXIT = 10.0
+    MAX_PAUSE = 60.0
+
+    def __init__(self, count: int) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.children = [_start_worker_process() for _ in range(count)]
+        self._started = [time.monotonic()] * count
+        self._pause = [1.0] * count
+        self._watcher = threading.Thread(target=self._watch, name="worker-processes", daemon=True)
+        if count:
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            try:
+                self._replace_dead()
+            except Exception:  # a failed start is retried on the next round
+                log.exception("worker.process.start_failed")
+
+    def _replace_dead(self) -> None:
+        for slot, child in enumerate(self.children):
+            if child.poll() is None:
+                continue
+            lived = time.monotonic() - self._started[slot]
+            pause = self._pause[slot] if lived < self.QUICK_EXIT else 1.0
+            log.warning("worker.process.exited", pid=child.pid, returncode=child.returncode, restart_in=pause)
+            if self._stopping.wait(pause):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.children[slot] = _start_worker_process()
+            self._started[slot] = time.monotonic()
+            self._pause[slot] = min(pause * 2, self.MAX_PAUSE)
+            log.info("worker.process.started", pid=self.children[slot].pid)
+
+    def stop(self) -> None:
+        """Stop replacing workers, then stop them all (see `_stop_processes`)."""
+        with self._lock:
+            self._stopping.set()
+        if self._watcher.is_alive():
+            self._watcher.join(5)
+        _stop_processes(self.children)
 
 
 def _start_worker_process() -> subprocess.Popen[bytes]:
     """``fileimport worker`` as a child with this process's environment.
 
     On Linux the child gets SIGTERM if this process dies, even by SIGKILL
-    (``PR_SET_PDEATHSIG``, prctl(2)), so no worker outlives its ``serve``.
+    (``PR_SET_PDEATHSIG``, prctl(2)), so no worker outlives its ``serve``
+    (strictly: the thread that started it, the main thread or the watcher of
+    `WorkerProcesses`, which both live as long as ``serve`` runs).
     """
     return subprocess.Popen([sys.executable, "-m", "fileimport", "worker"], preexec_fn=_die_with_parent)
 

@@ -24,9 +24,14 @@ FILES = 120
 
 
 def children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (Linux /proc)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """Child processes of ``pid``, started from any of its threads (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -145,3 +150,19 @@ def test_a_killed_serve_takes_its_worker_processes_with_it(served: tuple[Serve, 
     serve.process.kill()  # SIGKILL: serve cannot stop its children itself
     serve.process.wait()
     wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived a killed serve")
+
+
+def test_a_worker_process_that_dies_is_replaced(served: tuple[Serve, str, str]) -> None:
+    serve, _, _ = served
+    first = serve.worker_pid
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: [pid for pid in children(serve.process.pid) if pid != first and alive(pid)],
+        20,
+        "serve did not start a new worker process",
+    )
+    (replacement,) = [pid for pid in children(serve.process.pid) if pid != first and alive(pid)]
+    serve.worker_pid = replacement
+    wait_until(lambda: len(serve.owners("worker.started")) == 3, 30, "the new worker should start")
+    exits = [e for e in serve.events() if e["event"] == "worker.process.exited"]
+    assert [(e["pid"], e["returncode"]) for e in exits] == [(first, -signal.SIGKILL)]
