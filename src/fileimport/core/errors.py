@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = structlog.get_logger(__name__)
 
@@ -232,6 +233,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # worth a retry (RFC 9110 §15.6.4).
         log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
         return error_response(503, {"database": "unavailable; retry later"}, {"Retry-After": "5"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up while sending its body: nothing was done, and
+        # nobody is there to read an answer. Not an error of the service.
+        log.info("http.client_disconnected", path=request.url.path)
+        return error_response(400, {"body": "the client closed the connection before sending all of it"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
