@@ -213,6 +213,7 @@ async def test_nul_characters_are_rejected_by_name(
             "files.0.id",
         ),
         (b'{"systemName": "a", "files": [], "context": {"\\ud83d": 1}}', "context"),
+        (b'{"systemName": "a", "files": [], "context": {"a": "x\\ud800y"}}', "context.a"),
         (
             b'{"systemName": "a", "files": [{"url": "https://e.org/a", "id": "a", "fileName": "a",'
             b' "metadata": {"caption": "x\\ud83dy"}}]}',
@@ -226,6 +227,7 @@ async def test_unpaired_surrogates_are_rejected_by_name(
     """JSON can escape half a UTF-16 pair; no UTF-8 database can store it."""
     details = error_details(await post_raw(service, raw), 400)
     assert path in details
+    assert not [text for text in details.values() if "codec" in str(text)], details
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,11 @@ class ImportRequest(BaseModel):
     @classmethod
     def _context_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+            # surrogatepass: an unpaired surrogate is counted here and named as
+            # such by the text check (json_text_problems), not as a codec error.
+            size = len(
+                json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+            )
             if size > MAX_CONTEXT_BYTES:
                 raise ValueError(f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON, is {size}")
         return value
