@@ -22,7 +22,9 @@ Rules and their sources:
   size limit counts decoded bytes and a compressed bomb is cut off early.
 - Transient, retried: connection errors, timeouts, truncated bodies, 408, 429
   and 5xx. Final: other 4xx, blocked addresses, unknown hosts, size and
-  redirect limits, invalid URLs.
+  redirect limits, invalid URLs, failed TLS handshakes (a certificate that
+  does not verify, an origin that does not speak TLS) and responses that are
+  not well-formed HTTP/1.1 (both would fail the same way again).
 
 HTTP is aiohttp's, through ``create_guarded_session`` (every connection goes
 to an address the guard checked); redirects, decoding and retries are ours.
@@ -37,7 +39,9 @@ import hashlib
 import math
 import os
 import random
+import re
 import socket
+import ssl
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -51,6 +55,7 @@ from typing import IO, Self
 import aiohttp
 import anyio
 import structlog
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidHeader, LineTooLong
 from yarl import URL
 
 from fileimport.core.address_guard import (
@@ -122,8 +127,9 @@ class FetchError(Exception):
 
     ``code`` is one of ``invalid_url``, ``unsupported_scheme``,
     ``blocked_address``, ``host_not_found``, ``connection_error``,
-    ``timeout``, ``http_<status>`` (``http_404``), ``too_large``,
-    ``truncated``, ``too_many_redirects`` or ``decoding_error``.
+    ``timeout``, ``tls_error``, ``invalid_response``, ``http_<status>``
+    (``http_404``), ``too_large``, ``truncated``, ``too_many_redirects`` or
+    ``decoding_error``.
     ``retryable`` says whether the failure is transient (it stays True on
     the last attempt, so a caller may try again much later);
     ``retry_after`` is the origin's ``Retry-After`` in seconds, if any;
@@ -392,6 +398,26 @@ class OriginFetcher:
             # aiohttp refuses legacy numeric IPv4 hosts ("127.1") itself.
             raise FetchError("invalid_url", f"{_display(url)} is not a valid URL: {_describe(exc)}.") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            tls = _ssl_error(exc)
+            if tls is not None:
+                # A refused certificate or a peer that does not speak TLS
+                # fails the same way every time; only a connection lost in
+                # the middle of the handshake is worth another try.
+                raise FetchError(
+                    "tls_error",
+                    f"The TLS handshake with {origin} failed: {_describe_ssl_error(tls)}.",
+                    retryable=isinstance(tls, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError),
+                ) from exc
+            malformed = _http_parse_error(exc)
+            if malformed is not None:
+                # aiohttp's parser refused the status line or headers; it
+                # reports that as ClientResponseError(status=400), which is
+                # not an answer from the origin.
+                raise FetchError(
+                    "invalid_response",
+                    f"The origin at {origin} sent a malformed HTTP response "
+                    f"({_describe_http_parse_error(malformed)}).",
+                ) from exc
             raise FetchError(
                 "connection_error",
                 f"The connection to {origin} failed before it answered: {describe_network_error(exc)}.",
@@ -824,6 +850,12 @@ def describe_network_error(exc: BaseException) -> str:
         seen.add(id(current))
         if isinstance(current, socket.gaierror) and current.strerror:
             return current.strerror
+        if isinstance(current, ssl.SSLError) and not isinstance(current, aiohttp.ClientError):
+            # Its errno is OpenSSL's error kind, not an OS error number.
+            return f"TLS error: {_describe_ssl_error(current)}"
+        if isinstance(current, aiohttp.ServerDisconnectedError) and not isinstance(current.message, str):
+            # aiohttp passes the partly parsed response as the "message".
+            return "the origin closed the connection before its response headers ended"
         if isinstance(current, OSError) and current.errno:
             return os.strerror(current.errno)
         current = current.__cause__ or current.__context__
@@ -833,3 +865,77 @@ def describe_network_error(exc: BaseException) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().rstrip(".")
     return text or type(exc).__name__
+
+
+def _along_causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its chain of causes (``__cause__``, else ``__context__``), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl`` module's own error behind an aiohttp error, if any.
+
+    aiohttp's ``ClientConnectorSSLError`` is an ``ssl.SSLError`` subclass
+    too, but without OpenSSL's ``reason``; the one it wraps has it.
+    """
+    for current in _along_causes(exc):
+        if isinstance(current, ssl.SSLError) and not isinstance(current, aiohttp.ClientError):
+            return current
+    return None
+
+
+def _describe_ssl_error(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason in words: ``wrong version number (is it plain HTTP?)``.
+
+    For a certificate, OpenSSL's verify message: ``certificate verify failed:
+    self-signed certificate``.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or (exc.reason or "").lower().replace("_", " ")
+        return f"certificate verify failed: {detail}" if detail else "certificate verify failed"
+    if exc.reason:
+        text = exc.reason.lower().replace("_", " ")
+        if exc.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST"):
+            text += " (is it plain HTTP?)"
+        return text
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "the connection was closed during the handshake"
+    return _describe(exc)
+
+
+def _http_parse_error(exc: BaseException) -> HttpProcessingError | None:
+    """The parser's error when aiohttp could not parse the response, else None.
+
+    aiohttp raises ``ClientResponseError`` from a fresh ``HttpProcessingError``
+    whose cause is the parser's own (``BadStatusLine``, ``LineTooLong``,
+    ``InvalidHeader``, ``BadHttpMessage``...); the deepest one is the most exact.
+    """
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        return None
+    found: HttpProcessingError | None = None
+    for current in _along_causes(exc):
+        if isinstance(current, HttpProcessingError):
+            found = current
+    return found
+
+
+def _describe_http_parse_error(exc: HttpProcessingError) -> str:
+    """One line for a parser error, without the byte dump aiohttp adds ("Invalid character in Content-Length")."""
+    if isinstance(exc, LineTooLong):
+        return f"a status or header line longer than {exc.args[1]} bytes"
+    if isinstance(exc, BadStatusLine):
+        return "its status line is not HTTP"
+    if isinstance(exc, InvalidHeader):
+        return "an invalid header"
+    first = exc.message.strip().splitlines()[0] if exc.message.strip() else ""
+    # Drop a quoted copy of the bytes ("...: b'Content-Length: abc'").
+    first = re.split(r":?\s+b['\"]", first, maxsplit=1)[0]
+    first = first.strip().rstrip(":.").strip()
+    if not first:
+        return "it could not be parsed"
+    return first if len(first) <= 120 else first[:117] + "..."

@@ -7,7 +7,9 @@ connection is attempted (``connect_log`` records every TCP connect).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import socket
@@ -421,6 +423,85 @@ async def test_closed_port_is_a_connection_error(fetch: FetchFn, spool_dir: Path
     assert error.attempts == 3
 
 
+@contextlib.asynccontextmanager
+async def raw_origin(*replies: bytes) -> AsyncIterator[tuple[str, list[int]]]:
+    """An origin on 127.0.0.1 that reads a request and writes ``replies`` as sent, 50 ms apart, then closes.
+
+    Yields its base URL and a one-item list counting the connections it took.
+    """
+    connections = [0]
+    handlers: list[asyncio.Task[None]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            for index, reply in enumerate(replies):
+                if index:
+                    await asyncio.sleep(0.05)
+                writer.write(reply)
+                await writer.drain()
+        writer.close()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.ensure_future(answer(reader, writer)))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
+    finally:
+        server.close()
+        await asyncio.gather(*handlers)
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nhello", "Invalid character in Content-Length"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            "Duplicate Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "Invalid character in chunk size",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "its status line is not HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+            "a status or header line longer than 8190 bytes",
+        ),
+    ],
+    ids=["bad-content-length", "duplicate-content-length", "bad-chunk-size", "not-http", "header-too-long"],
+)
+async def test_malformed_response_is_invalid_response_and_final(
+    fetch: FetchFn, spool_dir: Path, reply: bytes, problem: str
+) -> None:
+    async with raw_origin(reply) as (base_url, connections):
+        error = await fetch_error(fetch, f"{base_url}/x")
+    assert error.code == "invalid_response"
+    assert error.reason == f"The origin at {base_url} sent a malformed HTTP response ({problem})."
+    assert not error.retryable
+    assert error.attempts == 1
+    assert connections == [1]
+    assert spooled(spool_dir) == []
+
+
+async def test_close_in_the_middle_of_the_headers_is_a_retried_connection_error(fetch: FetchFn) -> None:
+    # The status line arrives in pieces, then the origin closes mid-header:
+    # a lost connection, not a malformed answer, and no parser object in the reason.
+    async with raw_origin(b"HTTP/1.", b"1 200 OK\r\n", b"Content-Le") as (base_url, connections):
+        error = await fetch_error(fetch, f"{base_url}/x")
+    assert error.code == "connection_error"
+    assert error.retryable
+    assert error.attempts == 3
+    assert connections[0] >= 3  # aiohttp itself may reconnect once per try
+    assert error.reason == (
+        f"The connection to {base_url} failed before it answered: "
+        "the origin closed the connection before its response headers ended."
+    )
+
+
 # -- size limits ----------------------------------------------------------------
 
 
@@ -793,3 +874,26 @@ async def test_tls_uses_the_host_name_while_connecting_to_the_checked_address(
     assert body == payload(321)
     assert secure.requests[0].headers["Host"] == f"files.test:{secure.port}"
     assert connect_log == ["127.0.0.1", "127.0.0.1"]
+
+
+async def test_https_to_a_plain_http_origin_is_a_final_tls_error(origin: FaultOrigin, fetch: FetchFn) -> None:
+    base = f"https://127.0.0.1:{origin.port}"
+    error = await fetch_error(fetch, f"{base}/ok")
+    assert error.code == "tls_error"
+    assert error.reason == f"The TLS handshake with {base} failed: wrong version number (is it plain HTTP?)."
+    assert not error.retryable
+    assert error.attempts == 1
+
+
+async def test_certificate_that_does_not_verify_is_a_final_tls_error(tmp_path: Path, fetch: FetchFn) -> None:
+    server_ctx, _ = tls_contexts(tmp_path, "files.test")
+    async with serve_fault_origin(ssl_context=server_ctx) as secure:
+        error = await fetch_error(fetch, f"https://127.0.0.1:{secure.port}/ok")
+    assert error.code == "tls_error"
+    assert error.reason == (
+        f"The TLS handshake with https://127.0.0.1:{secure.port} failed: "
+        "certificate verify failed: self-signed certificate."
+    )
+    assert not error.retryable
+    assert error.attempts == 1
+    assert secure.hits["/ok"] == 0
