@@ -326,6 +326,8 @@ def test_metadata_problems_answers_any_json_object(
     for handle, field in fields.items():
         if field.required and metadata.get(handle) is None:
             assert problems[handle] == "is required by media type 'image'"
+        elif field.required and isinstance(metadata[handle], str) and not metadata[handle].strip():
+            assert problems[handle].startswith("is required by media type 'image'")
     assert set(problems) <= set(metadata) | {f.handle for f in media_type.metadata if f.required}
 
 
@@ -333,7 +335,11 @@ def test_metadata_problems_answers_any_json_object(
 def test_valid_metadata_has_no_problems(media_type: MediaTypeConfig, data: st.DataObject) -> None:
     metadata = {}
     for field in media_type.metadata:
-        if field.required or data.draw(st.booleans()):
+        if field.required:
+            metadata[field.handle] = data.draw(
+                valid_value(field).filter(lambda v: not isinstance(v, str) or bool(v.strip()))
+            )
+        elif data.draw(st.booleans()):
             metadata[field.handle] = data.draw(valid_value(field))
     assert media_type.metadata_problems(metadata) == {}
 

@@ -103,7 +103,10 @@ class MediaTypeConfig(BaseModel):
         return any(_mime_matches(pattern, mime_type) for pattern in patterns)
 
     def metadata_problems(self, metadata: dict[str, Any]) -> dict[str, str]:
-        """Problems keyed by field handle; empty when ``metadata`` is valid."""
+        """Problems keyed by field handle; empty when ``metadata`` is valid.
+
+        A required field is missing when absent, null, or text of whitespace only.
+        """
         fields = {f.handle: f for f in self.metadata}
         problems: dict[str, str] = {}
         for key, value in metadata.items():
@@ -113,8 +116,15 @@ class MediaTypeConfig(BaseModel):
             elif value is not None and (problem := field.check(value)):
                 problems[key] = problem
         for field in self.metadata:
-            if field.required and metadata.get(field.handle) is None:
+            if not field.required:
+                continue
+            value = metadata.get(field.handle)
+            if value is None:
                 problems[field.handle] = f"is required by media type '{self.handle}'"
+            elif isinstance(value, str) and not value.strip():
+                problems[field.handle] = (
+                    f"is required by media type '{self.handle}'; blank text does not count"
+                )
         return problems
 
 
