@@ -458,7 +458,14 @@ def test_validate_import_request_answers_any_json_body(data: Any) -> None:
             {
                 "url": http_urls(),
                 "id": st.sampled_from(["a", "b", "c"]),
-                "fileName": st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=5),
+                # Any name the API accepts: not blank, no bidi embedding/override/isolate.
+                "fileName": st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=5)
+                .filter(str.strip)
+                .filter(
+                    lambda name: (
+                        not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in name)
+                    )
+                ),
                 "metadata": st.just({"title": "ok"}),
                 "mediaType": st.just("image"),
             }
