@@ -173,21 +173,20 @@ async def renew_file_leases(
     session: AsyncSession, owner: str, file_ids: Sequence[int], lease_until: datetime
 ) -> None:
     """Extend this owner's leases on ``file_ids`` (those still pending) to ``lease_until``."""
-    for start in range(0, len(file_ids), IN_CHUNK):
-        await session.execute(
-            update(ImportFile)
-            .where(
-                ImportFile.id.in_(file_ids[start : start + IN_CHUNK]),
-                ImportFile.lease_owner == owner,
-                ImportFile.status == FileStatus.PENDING,
-            )
-            .values(lease_expires_at=lease_until)
-        )
+    await _update_own_pending(session, owner, file_ids, {"lease_expires_at": lease_until})
 
 
 async def release_file_leases(session: AsyncSession, owner: str, file_ids: Sequence[int]) -> None:
     """Hand back this owner's leases on ``file_ids`` that are still pending, so any worker can
     take them at once; a lease handed back (a clean shutdown) does not count against ``max_leases``."""
+    values = {"lease_owner": None, "lease_expires_at": None, "leases": ImportFile.leases - 1}
+    await _update_own_pending(session, owner, file_ids, values)
+
+
+async def _update_own_pending(
+    session: AsyncSession, owner: str, file_ids: Sequence[int], values: dict[str, Any]
+) -> None:
+    """Set ``values`` on those of ``file_ids`` still pending under ``owner``'s lease, ``IN_CHUNK`` ids a statement."""
     for start in range(0, len(file_ids), IN_CHUNK):
         await session.execute(
             update(ImportFile)
@@ -196,8 +195,19 @@ async def release_file_leases(session: AsyncSession, owner: str, file_ids: Seque
                 ImportFile.lease_owner == owner,
                 ImportFile.status == FileStatus.PENDING,
             )
-            .values(lease_owner=None, lease_expires_at=None, leases=ImportFile.leases - 1)
+            .values(values)
         )
+
+
+async def count_files_in_unfinished_jobs(session: AsyncSession, project_id: int) -> int:
+    """Files of the project's started jobs, finished ones included: one SUM over the jobs
+    (index on state), not a count of pending files, which grows with the backlog."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(ImportJob.total_files), 0)).where(
+            ImportJob.state == JobState.STARTED, ImportJob.project_id == project_id
+        )
+    )
+    return int(total or 0)
 
 
 async def has_pending_files(session: AsyncSession, job_id: str) -> bool:

@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import Principal
@@ -201,7 +200,7 @@ async def check_project_quota(session: AsyncSession, project_id: int, batch_file
                 f"jobs (FILEIMPORT_PROJECT_MAX_PENDING_FILES), has {batch_files}"
             }
         )
-    pending = await _files_in_unfinished_jobs(session, project_id)
+    pending = await repository.count_files_in_unfinished_jobs(session, project_id)
     if pending + batch_files > limit:
         raise TooManyRequests(
             {
@@ -213,16 +212,6 @@ async def check_project_quota(session: AsyncSession, project_id: int, batch_file
             },
             retry_after=QUOTA_RETRY_AFTER_SECONDS,
         )
-
-
-async def _files_in_unfinished_jobs(session: AsyncSession, project_id: int) -> int:
-    # Belongs in repository.py (all SQL of the feature), which is being reworked elsewhere.
-    total = await session.scalar(
-        select(func.coalesce(func.sum(ImportJob.total_files), 0)).where(
-            ImportJob.state == JobState.STARTED, ImportJob.project_id == project_id
-        )
-    )
-    return int(total or 0)
 
 
 async def create_job(
