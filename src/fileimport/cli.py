@@ -385,6 +385,8 @@ def token_create(
     """Create a token and print only the token on stdout."""
     settings = _settings()
     lifetime = parse_duration(expires_in) if expires_in else None
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise typer.BadParameter("a token must live longer than 0s", param_hint="--expires-in")
 
     async def action(session: AsyncSession) -> str | None:
         found = await get_project(session, project)

@@ -117,6 +117,10 @@ def test_blank_project_names_and_ports_out_of_range_are_refused(tmp_path: Path) 
         assert done.returncode == 2, (name, done.stdout, done.stderr)
         assert "invalid project name" in done.stderr
     assert run(env, "project", "show", "   ").returncode != 0
+    cli(env, "project", "create", "p")
+    done = run(env, "token", "create", "--project", "p", "--scope", "public-api:read", "--expires-in", "0s")
+    assert done.returncode == 2
+    assert done.stdout == ""  # no token that is expired already
     for port in ("0", "70000"):
         done = run(env, "serve", "--no-worker", "--port", port)
         assert done.returncode == 2, (port, done.stderr)
