@@ -27,6 +27,9 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
 if TYPE_CHECKING:
+    from obstore import ObjectMeta  # a TypedDict of the type stubs only
+
+if TYPE_CHECKING:
     from obstore import GetOptions
     from obstore.store import ClientConfig, ObjectStore, S3Config
 
@@ -298,13 +301,17 @@ class ObjectStorage:
         Raises `StorageError`.
         """
         _check_key(key)
+        meta = await self._head(key)
+        return None if meta is None else meta["size"]
+
+    async def _head(self, key: str) -> ObjectMeta | None:
+        """The blob's metadata (one HEAD request), None when absent; raises `StorageError`."""
         try:
-            meta = await obstore.head_async(self._store, key)
+            return await obstore.head_async(self._store, key)
         except FileNotFoundError:
             return None
         except (ObstoreError, OSError) as exc:
             raise _storage_error("look up", key, exc) from exc
-        return meta["size"]
 
     async def open_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes ``[start, end)`` of the blob, ``end`` exclusive, None for its end.
@@ -365,13 +372,8 @@ class ObjectStorage:
                 return await anyio.to_thread.run_sync(_delete_local_if_before, path, cutoff.timestamp())
             except OSError as exc:
                 raise _storage_error("delete", key, exc) from exc
-        try:
-            meta = await obstore.head_async(self._store, key)
-        except FileNotFoundError:
-            return False
-        except (ObstoreError, OSError) as exc:
-            raise _storage_error("look up", key, exc) from exc
-        if meta["last_modified"] >= cutoff:
+        meta = await self._head(key)
+        if meta is None or meta["last_modified"] >= cutoff:
             return False
         await self.delete(key)
         return True
