@@ -26,11 +26,8 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
-if TYPE_CHECKING:
-    from obstore import ObjectMeta  # a TypedDict of the type stubs only
-
-if TYPE_CHECKING:
-    from obstore import GetOptions
+if TYPE_CHECKING:  # types of obstore's stubs only
+    from obstore import GetOptions, ObjectMeta
     from obstore.store import ClientConfig, ObjectStore, S3Config
 
 __all__ = [
