@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cases import Settings, empty_blob_store
-from bench.service import Service, prepare, run_job, serve, service_env
+from bench.service import Service, prepare, run_job, serve, service_env, stop_process
 
 WALL_RATE = 50
 GIL_RATE = 200
@@ -225,12 +225,7 @@ def _record(
         time.sleep(1.0)  # let py-spy attach before the job starts
         job = run_job(service, body, poll=settings.poll, timeout=900)
     finally:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        stop_process(spy, signal.SIGINT, 60)  # SIGINT: py-spy writes its output, then exits
     return job.seconds, len(job.failures)
 
 
