@@ -15,8 +15,7 @@ import pytest
 
 from tests.support.images import png_bytes
 from tests.support.origin import serve_directory
-from tests.support.process import FILEIMPORT, prepare, service_env
-from tests.support.service import free_port
+from tests.support.process import prepare, serve_process, service_env
 
 pytestmark = pytest.mark.slow
 
@@ -50,29 +49,16 @@ def wait_until(condition: object, timeout: float, what: str) -> None:
 
 
 class Serve:
-    """``fileimport serve --worker-processes 1`` with its JSON log (both processes) in a file."""
+    """A running ``fileimport serve --worker-processes 1``, once both workers have started,
+    with its JSON log (both processes write it) in ``log_path``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+        self.process = process
+        self.base_url = base_url
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [*FILEIMPORT, "serve", "--port", str(self.port), "--worker-processes", "1"],
-            env=env,
-            stderr=self._log,
-        )
-        wait_until(self._ready, 30, "serve did not answer /healthz within 30 s")
         wait_until(lambda: len(children(self.process.pid)) == 1, 30, "no worker process started")
         self.worker_pid = children(self.process.pid)[0]
         wait_until(lambda: len(self.owners("worker.started")) == 2, 30, "both workers should start")
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, self.log_path.read_text()
-        try:
-            return httpx2.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
-        except httpx2.HTTPError:
-            return False
 
     def events(self) -> list[dict[str, object]]:
         return [
@@ -90,7 +76,6 @@ class Serve:
             self.process.wait()
         if alive(self.worker_pid):
             os.kill(self.worker_pid, signal.SIGKILL)
-        self._log.close()
 
 
 @pytest.fixture
@@ -103,8 +88,12 @@ def served(tmp_path: Path) -> Iterator[tuple[Serve, str, str]]:
     env["FILEIMPORT_WORKER_CONCURRENCY"] = "4"
     token = prepare(env)
     # A little latency per file, so that the job outlasts the idle worker's poll.
-    with serve_directory(root, delay=0.02) as origin:
-        serve = Serve(env, tmp_path / "serve.log")
+    log_path = tmp_path / "serve.log"
+    with (
+        serve_directory(root, delay=0.02) as origin,
+        serve_process(env, token, args=["--worker-processes", "1"], log_path=log_path) as service,
+    ):
+        serve = Serve(service.process, service.base_url, log_path)
         try:
             yield serve, token, origin
         finally:

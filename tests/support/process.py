@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,30 +79,42 @@ def prepare(env: Mapping[str, str]) -> str:
 
 
 @contextmanager
-def serve_process(env: Mapping[str, str], token: str, port: int | None = None) -> Iterator[ServiceProcess]:
-    """``fileimport serve`` on a free port; killed (SIGTERM, then SIGKILL) on exit."""
+def serve_process(
+    env: Mapping[str, str],
+    token: str,
+    port: int | None = None,
+    *,
+    args: Sequence[str] = (),
+    log_path: Path | None = None,
+) -> Iterator[ServiceProcess]:
+    """``fileimport serve [ARGS]`` on a free port, ready (``/healthz`` answers); stopped (SIGTERM,
+    then SIGKILL) on exit. With ``log_path`` its stderr (the service log) goes to that file."""
     port = port or free_port()
-    process = subprocess.Popen([*FILEIMPORT, "serve", "--port", str(port)], env=dict(env))
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"service exited with {process.returncode}")
-            try:
-                if httpx2.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("service did not start within 30 s")
-            time.sleep(0.1)
-        yield ServiceProcess(process, base_url, token)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(log_path.open("wb")) if log_path else None
+        process = subprocess.Popen(
+            [*FILEIMPORT, "serve", "--port", str(port), *args], env=dict(env), stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(f"service exited with {process.returncode}")
+                try:
+                    if httpx2.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("service did not start within 30 s")
+                time.sleep(0.1)
+            yield ServiceProcess(process, base_url, token)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
