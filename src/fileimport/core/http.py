@@ -4,15 +4,17 @@
 nothing looser; ``reject_repeated_query_parameters`` is a dependency that
 refuses a query parameter given twice. Both raise ``ApiError`` subclasses,
 which ``core.errors`` turns into the reference's error shape.
+``add_get_and_head_route`` registers an endpoint that answers both methods.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 
 from fileimport.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
@@ -106,3 +108,27 @@ def reject_repeated_query_parameters(request: Request) -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValidationFailed({name: "must be given once" for name in repeated})
+
+
+def add_get_and_head_route(
+    router: APIRouter,
+    path: str,
+    endpoint: Callable[..., Any],
+    *,
+    operation: str,
+    summary: str,
+    head_summary: str | None = None,
+    **options: Any,
+) -> None:
+    """Register ``endpoint`` for GET and for HEAD (RFC 9110 §9.3.2) as two operations,
+    ``get<operation>`` and ``head<operation>``, so that each has its own OpenAPI
+    operationId; ``options`` go to ``APIRouter.add_api_route`` for both."""
+    for method in ("GET", "HEAD"):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            operation_id=f"{method.lower()}{operation}",
+            summary=head_summary if method == "HEAD" and head_summary else summary,
+            **options,
+        )

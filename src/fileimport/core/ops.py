@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
+from fileimport.core.http import add_get_and_head_route
 from fileimport.core.runtime import Runtime
 
 router = APIRouter(tags=["operations"])
@@ -55,23 +56,15 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
     return {"status": "ready"}
 
 
-# GET and HEAD are separate operations so that each has its own OpenAPI operationId.
-for _method in ("GET", "HEAD"):
-    router.add_api_route(
-        "/healthz",
-        healthz,
-        methods=[_method],
-        operation_id=f"{_method.lower()}Healthz",
-        summary="The process is alive",
-    )
-    router.add_api_route(
-        "/readyz",
-        readyz,
-        methods=[_method],
-        operation_id=f"{_method.lower()}Readyz",
-        summary="Database and storage are reachable",
-        responses=error_responses(503),
-    )
+add_get_and_head_route(router, "/healthz", healthz, operation="Healthz", summary="The process is alive")
+add_get_and_head_route(
+    router,
+    "/readyz",
+    readyz,
+    operation="Readyz",
+    summary="Database and storage are reachable",
+    responses=error_responses(503),
+)
 
 
 @router.get(

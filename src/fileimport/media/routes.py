@@ -20,7 +20,7 @@ from fileimport.core.errors import (
     ValidationFailed,
     error_responses,
 )
-from fileimport.core.http import reject_repeated_query_parameters
+from fileimport.core.http import add_get_and_head_route, reject_repeated_query_parameters
 from fileimport.core.runtime import Runtime
 from fileimport.media import repository
 from fileimport.media.schemas import MediaEntryList, MediaEntryOut
@@ -298,14 +298,13 @@ async def download_asset(
     return StreamingResponse(body(), status_code=status, headers=headers, media_type=entry.mime_type)
 
 
-# GET and HEAD are separate operations so that each has its own OpenAPI operationId.
-for _method in ("GET", "HEAD"):
-    assets_router.add_api_route(
-        "/assets/{mediaId}/{filename}",
-        download_asset,
-        methods=[_method],
-        operation_id=f"{_method.lower()}Asset",
-        summary="Download an entry's bytes" if _method == "GET" else "An entry's download headers",
-        response_class=Response,
-        responses=_ASSET_RESPONSES,
-    )
+add_get_and_head_route(
+    assets_router,
+    "/assets/{mediaId}/{filename}",
+    download_asset,
+    operation="Asset",
+    summary="Download an entry's bytes",
+    head_summary="An entry's download headers",
+    response_class=Response,
+    responses=_ASSET_RESPONSES,
+)
