@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import socket
 import ssl
 import time
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fileimport import USER_AGENT
+from fileimport.core import fetcher as fetcher_module
 from fileimport.core.address_guard import AddressGuard, Resolver, create_guarded_session
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
 from fileimport.core.settings import Settings
@@ -166,6 +168,9 @@ async def test_large_body_without_content_length_keeps_memory_flat(
     expected = hashlib.sha256()
     for piece in iter_payload(size):
         expected.update(piece)
+    # A first small fetch, so that one-time setup (the client session and its
+    # connector) is not counted as memory the body took.
+    await fetch(origin.url("/large?size=100"), max_bytes=16 * MiB)
     tracemalloc.start()
     try:
         result = await fetch(origin.url(f"/large?size={size}"), max_bytes=16 * MiB)
@@ -177,6 +182,38 @@ async def test_large_body_without_content_length_keeps_memory_flat(
     assert result.sha256 == expected.hexdigest()
     assert result.path.stat().st_size == size
     assert peak < 3 * MiB, f"peak Python memory {peak} bytes for an {size}-byte body"
+
+
+async def test_large_body_is_written_back_on_the_way_and_arrives_whole(
+    origin: FaultOrigin, fetch: FetchFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Write-back is started every WRITEBACK_BYTES (here 1 MiB) of the spool,
+    # after flushing Python's buffer: the advice must not lose a byte.
+    started: list[tuple[int, int]] = []
+    real = fetcher_module._START_WRITEBACK
+    assert real is not None, "os.posix_fadvise is missing on this platform"
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        started.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(fetcher_module, "WRITEBACK_BYTES", MiB)
+    monkeypatch.setattr(fetcher_module, "_START_WRITEBACK", recording)
+    size = 8 * MiB + 123
+    expected = hashlib.sha256()
+    for piece in iter_payload(size):
+        expected.update(piece)
+    result = await fetch(origin.url(f"/large?size={size}"), max_bytes=16 * MiB)
+    assert isinstance(result, FetchedFile)
+    assert result.sha256 == expected.hexdigest()
+    assert hashlib.sha256(result.path.read_bytes()).hexdigest() == expected.hexdigest()
+    # Contiguous stretches from the start, each at least 1 MiB, covering all but the tail.
+    assert started, "write-back was never started"
+    assert started[0][0] == 0
+    for (offset, length), (next_offset, _) in itertools.pairwise(started):
+        assert length >= MiB
+        assert offset + length == next_offset
+    assert sum(length for _, length in started) > size - 2 * MiB
 
 
 async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None:
