@@ -104,9 +104,12 @@ _REASON_PHRASES = {
 
 @dataclass(frozen=True)
 class FetchedFile:
-    """A downloaded body, spooled to local disk.
+    """A downloaded body, spooled to local disk unless it is small.
 
-    ``path`` belongs to the caller, who deletes it. ``size`` is in bytes
+    ``path`` is the spool file, which belongs to the caller, who deletes it;
+    None for a body of at most `HEAD_BYTES` (64 KiB), which is all in
+    ``head`` and never touched the disk (a spool file and its thread hops
+    cost more than such a body, bench case (a)). ``size`` is in bytes
     after content decoding (gzip/deflate), ``sha256`` the hex digest of those
     bytes, ``head`` their first 64 KiB. ``content_type``, ``etag`` and
     ``last_modified`` are the final response's headers as sent; ``final_url``
@@ -114,7 +117,7 @@ class FetchedFile:
     one succeeded.
     """
 
-    path: Path
+    path: Path | None
     size: int
     sha256: str
     head: bytes
@@ -522,14 +525,18 @@ class OriginFetcher:
                     else:
                         for piece in decoder.decode(raw):
                             take(piece)
-                    if pending_bytes >= chunk_bytes:
+                    if pending_bytes >= chunk_bytes and size > HEAD_BYTES:
                         await anyio.to_thread.run_sync(spool.write, pending)
                         pending, pending_bytes = [], 0
                 if decoder is not None:
                     for piece in decoder.flush():
                         take(piece)
-                # A small body costs one hop to a thread: create, write, close.
-                path = await anyio.to_thread.run_sync(spool.finish, pending)
+                if spool.opened or size > HEAD_BYTES:
+                    path: Path | None = await anyio.to_thread.run_sync(spool.finish, pending)
+                    sha256 = spool.sha256()
+                else:
+                    # Small: the head is the whole body; no spool file, no hop.
+                    path, sha256 = None, hashlib.sha256(head).hexdigest()
             except aiohttp.ServerTimeoutError as exc:
                 raise FetchError(
                     "timeout",
@@ -566,7 +573,7 @@ class OriginFetcher:
         return FetchedFile(
             path=path,
             size=size,
-            sha256=spool.sha256(),
+            sha256=sha256,
             head=bytes(head),
             content_type=response.headers.get("Content-Type"),
             etag=response.headers.get("ETag"),
@@ -602,6 +609,11 @@ class _Spool:
     def sha256(self) -> str:
         """Hex SHA-256 of every byte written."""
         return self._digest.hexdigest()
+
+    @property
+    def opened(self) -> bool:
+        """Whether the spool file exists (something was written)."""
+        return self._opened is not None
 
     def _open(self) -> tuple[IO[bytes], Path]:
         if self._opened is None:

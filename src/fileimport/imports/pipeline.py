@@ -1,7 +1,7 @@
 """The per-file import pipeline.
 
 For each file: fetch from the origin (streamed to a spool file, SHA-256 on the
-way), sniff the MIME type from the bytes, choose or check the media type,
+way; a body of at most 64 KiB stays in memory), sniff the MIME type from the bytes, choose or check the media type,
 enforce its size limit, read pixel size or duration, store the bytes under
 their content address, then create, update or skip the media entry and record
 the file's result in one transaction. Every failure ends as a ``failed``
@@ -152,7 +152,8 @@ class FileImporter:
             media_type, probe = await self._inspect(ctx, file, declared, result)
             asset = await self._store(result, probe)
         finally:
-            result.path.unlink(missing_ok=True)
+            if result.path is not None:
+                result.path.unlink(missing_ok=True)
         origin = OriginValidators(file.url, result.etag, result.last_modified)
         return media_type, asset, origin, result.attempts
 
@@ -194,10 +195,12 @@ class FileImporter:
                 f"limit of media type '{media_type.handle}'.",
             )
         self._check_metadata(media_type, file)
-        if mime_type.startswith(PROBED_TYPES):
-            probe = await anyio.to_thread.run_sync(probe_file, fetched.path, mime_type)
-        else:
+        if not mime_type.startswith(PROBED_TYPES):
             probe = ContentProbe(mime_type, None, None, None)
+        elif fetched.path is None:  # a small body, all in memory: headers parse in microseconds
+            probe = probe_file(fetched.head, mime_type)
+        else:
+            probe = await anyio.to_thread.run_sync(probe_file, fetched.path, mime_type)
         return media_type, probe
 
     @staticmethod
@@ -214,7 +217,10 @@ class FileImporter:
         # Stored even when the key exists: content-addressed, so the same
         # bytes land on the same blob, and the write refreshes its age, which
         # keeps a blob being re-imported out of reach of an orphan sweep.
-        await self.runtime.storage.put_file(key, fetched.path)
+        if fetched.path is None:
+            await self.runtime.storage.put_bytes(key, fetched.head)
+        else:
+            await self.runtime.storage.put_file(key, fetched.path)
         return StoredAsset(
             key=key,
             sha256=fetched.sha256,

@@ -145,6 +145,7 @@ async def test_downloads_a_file_to_the_spool(origin: FaultOrigin, fetch: FetchFn
     body = payload(200_000)
     result = await fetch(origin.url("/ok?size=200000&type=image/png"))
     assert isinstance(result, FetchedFile)
+    assert result.path is not None
     assert result.path.parent == spool_dir
     assert result.path.read_bytes() == body
     assert result.sha256 == sha256(body)
@@ -180,6 +181,7 @@ async def test_large_body_without_content_length_keeps_memory_flat(
     assert isinstance(result, FetchedFile)
     assert result.size == size
     assert result.sha256 == expected.hexdigest()
+    assert result.path is not None
     assert result.path.stat().st_size == size
     assert peak < 3 * MiB, f"peak Python memory {peak} bytes for an {size}-byte body"
 
@@ -206,6 +208,7 @@ async def test_large_body_is_written_back_on_the_way_and_arrives_whole(
     result = await fetch(origin.url(f"/large?size={size}"), max_bytes=16 * MiB)
     assert isinstance(result, FetchedFile)
     assert result.sha256 == expected.hexdigest()
+    assert result.path is not None
     assert hashlib.sha256(result.path.read_bytes()).hexdigest() == expected.hexdigest()
     # Contiguous stretches from the start, each at least 1 MiB, covering all but the tail.
     assert started, "write-back was never started"
@@ -217,12 +220,40 @@ async def test_large_body_is_written_back_on_the_way_and_arrives_whole(
 
 
 async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None:
-    body = payload(50_000)
-    result = await fetch(origin.url("/gzip?size=50000"))
+    body = payload(150_000)
+    result = await fetch(origin.url("/gzip?size=150000"))
     assert isinstance(result, FetchedFile)
-    assert result.size == 50_000
+    assert result.size == 150_000
     assert result.sha256 == sha256(body)
+    assert result.path is not None
     assert result.path.read_bytes() == body
+
+
+@pytest.mark.parametrize("size", [1, 50_000, 64 * 1024])
+async def test_small_body_stays_in_memory(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path, size: int
+) -> None:
+    # Up to 64 KiB (decoded) the body is all in ``head``: no spool file at all.
+    body = payload(size)
+    result = await fetch(origin.url(f"/gzip?size={size}"))
+    assert isinstance(result, FetchedFile)
+    assert result.path is None
+    assert result.head == body
+    assert result.size == size
+    assert result.sha256 == sha256(body)
+    assert spooled(spool_dir) == []
+
+
+async def test_body_one_byte_over_the_head_is_spooled(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    size = 64 * 1024 + 1
+    result = await fetch(origin.url(f"/ok?size={size}"))
+    assert isinstance(result, FetchedFile)
+    assert result.path is not None
+    assert result.path.parent == spool_dir
+    assert result.path.read_bytes() == payload(size)
+    assert result.sha256 == sha256(payload(size))
 
 
 @pytest.mark.parametrize("codings", ["deflate", "raw-deflate", "gzip,deflate", "deflate,gzip"])

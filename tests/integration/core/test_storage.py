@@ -76,6 +76,20 @@ async def test_put_file_then_read_back_same_sha256(storage: ObjectStorage, make_
     assert await storage.exists(key)
 
 
+@pytest.mark.parametrize("size", [0, 1, 65_536])
+async def test_put_bytes_then_read_back(storage: ObjectStorage, size: int) -> None:
+    data = os.urandom(size)
+    key = blob_key(hashlib.sha256(data).hexdigest())
+
+    await storage.put_bytes(key, data)
+    await storage.put_bytes(key, data)  # the same bytes again: replaced, not an error
+
+    assert await read_all(storage, key) == data
+    assert await storage.size(key) == size
+    # Listed once, with no part file left beside it.
+    assert [k async for k in storage.list_keys("sha256/")] == [key]
+
+
 async def test_open_range_partial_ranges(storage: ObjectStorage, make_file: MakeFile) -> None:
     path, data = make_file(300_000)
     key = "ranges/blob"
@@ -249,6 +263,29 @@ async def test_local_put_file_of_missing_source_is_storage_error(tmp_path: Path)
 
     with pytest.raises(StorageError, match="could not store"):
         await storage.put_file("k", tmp_path / "nope")
+
+
+async def test_local_put_bytes_leaves_only_the_blob(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    data = b"small file"
+    key = blob_key(hashlib.sha256(data).hexdigest())
+
+    await storage.put_bytes(key, data)
+
+    stored = [p for p in root.rglob("*") if p.is_file()]
+    assert stored == [root.joinpath(*key.split("/"))]
+    assert stored[0].read_bytes() == data
+
+
+async def test_local_put_bytes_into_unwritable_folder_is_storage_error(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    (root / "sha256").write_text("a file where a folder must go")
+
+    with pytest.raises(StorageError, match="could not store"):
+        await storage.put_bytes(blob_key("ab" * 32), b"x")
+    assert [p.name for p in root.rglob("*")] == ["sha256"]
 
 
 async def test_local_check_fails_when_folder_is_gone(tmp_path: Path) -> None:
