@@ -8,14 +8,25 @@ import shutil
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.ceiling import Download, curl_download
 from bench.origin import Origin
-from bench.service import Backend, JobRun, Service, prepare, run_job, serve, service_env
+from bench.service import (
+    Backend,
+    JobRun,
+    Service,
+    prepare,
+    run_job,
+    serve,
+    service_env,
+    webhook_secret,
+)
+from bench.webhook import WebhookReceiver, webhook_receiver
 
 MB = 1_000_000
 
@@ -41,6 +52,28 @@ class Settings:
     source: Path | None = None
     measured: str = "work tree"
     log: Callable[[str], None] = print
+    # "webhook": wait for the job's signed webhook, then one status GET; "poll": poll every ``poll`` s.
+    completion: str = "webhook"
+    # --service-env: more FILEIMPORT_* variables for every fileimport command.
+    service_env: dict[str, str] = field(default_factory=dict)
+
+
+def completion_text(settings: Settings) -> str:
+    """How the bench learns that a job finished, in words."""
+    if settings.completion == "webhook":
+        return "webhook (the job's signed webhook, then one status GET)"
+    return f"poll (a status GET every {settings.poll:g} s)"
+
+
+@contextmanager
+def completion_receiver(settings: Settings, env: dict[str, str]) -> Iterator[WebhookReceiver | None]:
+    """In webhook mode, a receiver checking signatures with the secret of ``env``'s project
+    ``default`` (after ``prepare``); None in poll mode."""
+    if settings.completion != "webhook":
+        yield None
+        return
+    with webhook_receiver(webhook_secret(env)) as receiver:
+        yield receiver
 
 
 @dataclass
@@ -113,15 +146,21 @@ class BackendBench:
             backend.database_url,
             settings.source,
             worker_processes=settings.worker_processes,
+            extra=settings.service_env,
         )
         # One file is one worker's work: (c) runs serve alone, so that its peak
         # RSS is the whole service's and no idle worker process is counted.
         self.single_process_env = service_env(
-            self.data_dir, settings.concurrency, backend.database_url, settings.source
+            self.data_dir,
+            settings.concurrency,
+            backend.database_url,
+            settings.source,
+            extra=settings.service_env,
         )
         self.log_path = settings.workdir / f"{backend.key}-service.log"
         self.results: dict[str, Any] = {}
         self.finished_job: str | None = None
+        self.receiver: WebhookReceiver | None = None
 
     def say(self, message: str) -> None:
         self.s.log(f"[{self.backend.key}] {message}")
@@ -129,14 +168,22 @@ class BackendBench:
     def run(self) -> dict[str, Any]:
         self.say(f"preparing {self.data_dir} (migrate, project, token)")
         token = prepare(self.env)
+        with completion_receiver(self.s, self.env) as receiver:
+            if receiver is not None:
+                self.say(f"webhook receiver on 127.0.0.1:{receiver.port}")
+            self.receiver = receiver
+            try:
+                self._run_cases(token)
+            finally:
+                self.receiver = None
+        return self.results
+
+    def _run_cases(self, token: str) -> None:
         wanted = self.s.cases
         with serve(self.env, token, self.log_path) as service:
             self.say(f"service pid {service.pid} on {service.base_url}; warm-up job")
-            warm = run_job(
-                service,
-                job_body("bench-warmup", self.origin, self.icons[:64] + self.images[:4]),
-                poll=self.s.poll,
-                timeout=300,
+            warm = self._job(
+                service, job_body("bench-warmup", self.origin, self.icons[:64] + self.images[:4]), 300
             )
             if not warm.ok:
                 self.say(f"warm-up job had failures: {warm.failures[:3]}")
@@ -151,7 +198,10 @@ class BackendBench:
             self._guard("c", lambda: self._big_file(token))
         if "d" in wanted:
             self._guard("d_post", lambda: self._post_latency(token))
-        return self.results
+
+    def _job(self, service: Service, body: bytes, timeout: float) -> JobRun:
+        """One job, its completion learnt the way ``--completion`` says."""
+        return run_job(service, body, poll=self.s.poll, timeout=timeout, receiver=self.receiver)
 
     def _guard(self, key: str, measure: Callable[[], dict[str, Any]]) -> None:
         try:
@@ -169,7 +219,7 @@ class BackendBench:
             curl = curl_download(urls, self.s.workdir / "curl-out", parallel=self.s.concurrency)
             os.sync()
             body = job_body(f"bench-{case}-{run}", self.origin, files)
-            job = run_job(service, body, poll=self.s.poll, timeout=900)
+            job = self._job(service, body, 900)
             empty_blob_store(self.data_dir)
             if case == "a":
                 self.finished_job = job.job_id
@@ -186,6 +236,11 @@ class BackendBench:
         return {
             "service_seconds": job.seconds,
             "service_server_seconds": job.server_seconds,
+            "completion": job.completion,
+            # The status GETs within service_seconds: the polls, or the one after the webhook.
+            "status_gets": job.status_gets,
+            "service_webhook_seconds": job.webhook_seconds,
+            "webhook_state_at_status": job.webhook_state,
             # CPU of the service process (all threads) from the POST to the finished status.
             "service_cpu_seconds": job.cpu_seconds,
             "service_cpu_user_seconds": job.cpu_user_seconds,
@@ -242,7 +297,7 @@ class BackendBench:
                         "files": [{"url": url, "id": self.big_name, "fileName": self.big_name}],
                     }
                 ).encode()
-                job = run_job(service, body, poll=self.s.poll, timeout=1800)
+                job = self._job(service, body, 1800)
                 peak = service.peak_rss()
             empty_blob_store(self.data_dir)
             record = self._run_record(job, curl, 1, total_bytes)
@@ -291,9 +346,7 @@ class BackendBench:
     def _status_latency(self, service: Service) -> dict[str, Any]:
         job_id = self.finished_job
         if job_id is None:
-            job_id = run_job(
-                service, job_body("bench-d", self.origin, self.icons), poll=self.s.poll, timeout=900
-            ).job_id
+            job_id = self._job(service, job_body("bench-d", self.origin, self.icons), 900).job_id
             empty_blob_store(self.data_dir)
 
         def call() -> None:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cases import BackendBench, CorpusFile, Settings
+from bench.cases import BackendBench, CorpusFile, Settings, completion_text
 from bench.ceiling import curl_version
 from bench.origin import Unavailable, find_nginx, make_file, nginx_origin
 from bench.report import GOALS, goal_status, table
@@ -74,7 +74,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--big-mib", type=int, default=1024, help="size of the generated file in MiB (default 1024)"
     )
     parser.add_argument(
-        "--poll", type=float, default=0.05, help="status poll interval in seconds (default 0.05)"
+        "--completion",
+        choices=["webhook", "poll"],
+        default="webhook",
+        help="how the bench learns that a job finished: webhook (default: the job's signed webhook "
+        "to a receiver in the bench, then one status GET) or poll (a status GET every --poll seconds)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=0.05,
+        help="status poll interval in seconds with --completion poll (default 0.05)",
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a FILEIMPORT_* variable for every fileimport command the bench starts (repeatable), "
+        "e.g. 'FILEIMPORT_STORAGE_OPTIONS={\"fsync\": false}'; overrides the bench's own values",
     )
     parser.add_argument(
         "--corpus",
@@ -119,7 +137,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--runs must be at least 1")
     if args.calls < 50:
         parser.error("--calls must be at least 50 (p99 needs them)")
+    args.service_env = parse_service_env(parser, args.service_env)
     return args
+
+
+# The bench gives every run a fresh data folder and database of its own.
+BENCH_OWNED_ENV = ("FILEIMPORT_DATA_DIR", "FILEIMPORT_DATABASE_URL")
+
+
+def parse_service_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--service-env KEY=VALUE`` options as a dict; only FILEIMPORT_* keys, not those the bench owns."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--service-env {item!r}: expected KEY=VALUE")
+        if not key.startswith("FILEIMPORT_"):
+            parser.error(
+                f"--service-env {item!r}: {key} does not start with FILEIMPORT_; the option only "
+                "passes the service's own settings (FILEIMPORT_*)"
+            )
+        if key in BENCH_OWNED_ENV:
+            parser.error(f"--service-env {item!r}: the bench sets {key} itself (a fresh one per run)")
+        env[key] = value
+    return env
 
 
 def load_corpus(corpus: Path) -> tuple[list[CorpusFile], list[CorpusFile]]:
@@ -239,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_processes=args.worker_processes,
         calls=args.calls,
         poll=args.poll,
+        completion=args.completion,
+        service_env=args.service_env,
         big_bytes=args.big_mib * 2**20,
         workdir=workdir,
         cases=cases,
@@ -260,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "FILEIMPORT_LOG_LEVEL": "WARNING",
                 "case_c": "FILEIMPORT_WORKER_PROCESSES=0, concurrency not split",
+                **args.service_env,
             },
             "curl": f"curl {curl} --parallel --parallel-max {args.concurrency} (to disk)",
             "latency_calls_per_run": args.calls,
-            "status_poll_seconds": args.poll,
+            "completion": args.completion,
+            "status_poll_seconds": args.poll if args.completion == "poll" else None,
             "mb": "10^6 bytes",
         },
         "backends": {},
@@ -325,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.worker_processes + 1} worker process(es) x FILEIMPORT_WORKER_CONCURRENCY = "
             f"FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY = "
             f"{max(1, args.concurrency // (args.worker_processes + 1))} "
-            f"((c): serve alone, concurrency {args.concurrency})"
+            f"((c): serve alone, concurrency {args.concurrency}); completion: {completion_text(settings)}"
+            + "".join(f"; {key}={value}" for key, value in args.service_env.items())
         )
         print(f"origin: {document['origin']['server']} on 127.0.0.1; ceiling: {document['settings']['curl']}")
         print(load_note(document["machine"]))

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.cases import Settings, empty_blob_store
+from bench.cases import Settings, completion_receiver, completion_text, empty_blob_store
 from bench.service import Service, prepare, run_job, serve, service_env, stop_process
+from bench.webhook import WebhookReceiver
 
 WALL_RATE = 50
 GIL_RATE = 200
@@ -77,7 +78,7 @@ STAGES = [
         ["import_claimed_files", "finish_job_if_done"],
     ),
     (
-        "API requests (the bench's status polls; auth, routing, JSON)",
+        "API requests (the bench's status GETs; auth, routing, JSON)",
         ["RequestResponseCycle", "import_status", "ServerErrorMiddleware"],
     ),
     (
@@ -151,15 +152,19 @@ def profile_case(
         database_url,
         settings.source,
         worker_processes=settings.worker_processes,
+        extra=settings.service_env,
     )
     token = prepare(env)
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"completion": settings.completion}
     sections = []
-    with serve(env, token, settings.workdir / f"profile-{case}-service.log") as service:
-        run_job(service, warmup_body, poll=settings.poll, timeout=300)
+    with (
+        completion_receiver(settings, env) as receiver,
+        serve(env, token, settings.workdir / f"profile-{case}-service.log") as service,
+    ):
+        run_job(service, warmup_body, poll=settings.poll, timeout=300, receiver=receiver)
         empty_blob_store(data_dir)
         os.sync()
-        plain = run_job(service, make_body("plain"), poll=settings.poll, timeout=1800)
+        plain = run_job(service, make_body("plain"), poll=settings.poll, timeout=1800, receiver=receiver)
         empty_blob_store(data_dir)
         report["job_seconds_without_profiler"] = plain.seconds
         report["job_cpu_seconds_without_profiler"] = plain.cpu_seconds
@@ -169,7 +174,7 @@ def profile_case(
         ):
             raw = results_dir / f"profile-{case}-{backend}-{name}.collapsed"
             os.sync()
-            seconds, failed = _record(py_spy, service, flags, rate, raw, make_body(name), settings)
+            seconds, failed = _record(py_spy, service, flags, rate, raw, make_body(name), settings, receiver)
             empty_blob_store(data_dir)
             stacks = parse(raw.read_text()) if raw.exists() else []
             report[name] = {
@@ -188,7 +193,7 @@ def profile_case(
         f"Profile of case ({case}): {what}, `fileimport serve` ({backend} + local folder), "
         f"{settings.worker_processes} worker process(es) beside serve's own worker, concurrency "
         f"{settings.concurrency} in all (worker = per origin), origin nginx on 127.0.0.1; "
-        f"src measured: {settings.measured}.\n"
+        f"completion: {completion_text(settings)}; src measured: {settings.measured}.\n"
         f"Without the profiler the job took {plain.seconds:.2f} s and the service used "
         f"{plain.cpu_seconds:.2f} s of CPU ({plain.cpu_seconds / plain.seconds:.0%} of one core).\n"
     )
@@ -200,7 +205,14 @@ def profile_case(
 
 
 def _record(
-    py_spy: str, service: Service, flags: list[str], rate: int, raw: Path, body: bytes, settings: Settings
+    py_spy: str,
+    service: Service,
+    flags: list[str],
+    rate: int,
+    raw: Path,
+    body: bytes,
+    settings: Settings,
+    receiver: WebhookReceiver | None,
 ) -> tuple[float, int]:
     spy = subprocess.Popen(
         [
@@ -223,7 +235,7 @@ def _record(
     )
     try:
         time.sleep(1.0)  # let py-spy attach before the job starts
-        job = run_job(service, body, poll=settings.poll, timeout=900)
+        job = run_job(service, body, poll=settings.poll, timeout=900, receiver=receiver)
     finally:
         stop_process(spy, signal.SIGINT, 60)  # SIGINT: py-spy writes its output, then exits
     return job.seconds, len(job.failures)

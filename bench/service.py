@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx2
 
 from bench.origin import free_port
+from bench.webhook import Arrival, WebhookError, WebhookReceiver
 
 FILEIMPORT = [sys.executable, "-m", "fileimport"]
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -43,6 +45,7 @@ def service_env(
     source: Path | None = None,
     *,
     worker_processes: int = 0,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of every ``fileimport`` command the bench runs; no inherited FILEIMPORT_*.
 
@@ -50,7 +53,8 @@ def service_env(
     the installed (editable) one, e.g. one commit's ``src`` from ``git archive``.
     ``worker_processes`` more workers run beside ``serve``'s own; ``concurrency``
     is split between them, so the service as a whole downloads at most
-    ``concurrency`` files at once, like curl.
+    ``concurrency`` files at once, like curl. ``extra`` (``--service-env``)
+    comes last and overrides the bench's own values.
     """
     per_process = max(1, concurrency // (worker_processes + 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILEIMPORT_")}
@@ -66,6 +70,7 @@ def service_env(
     )
     if database_url:
         env["FILEIMPORT_DATABASE_URL"] = database_url
+    env.update(extra or {})
     return env
 
 
@@ -93,6 +98,14 @@ def prepare(env: Mapping[str, str]) -> str:
         "--scope",
         "public-api:read",
     ).strip()
+
+
+def webhook_secret(env: Mapping[str, str]) -> str:
+    """Project ``default``'s webhook signing secret (``whsec_...``), from ``fileimport project show``."""
+    secret = json.loads(cli(env, "project", "show", "default")).get("webhookSecret")
+    if not isinstance(secret, str) or not secret:
+        raise ServiceError("fileimport project show default printed no webhookSecret")
+    return secret
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -256,21 +269,49 @@ class JobRun:
     cpu_system_seconds: float
     load_before: float
     machine: dict[str, float | None]
+    counts: dict[str, int]
+    failures: list[dict[str, Any]]
+    completion: str = "poll"
+    # Status GETs the bench made from the POST to the end (the polls, or the one after the webhook).
+    status_gets: int = 0
+    # From the POST to the webhook's arrival (webhook mode), and the delivery's state in the final status.
+    webhook_seconds: float | None = None
+    webhook_state: str | None = None
 
     @property
     def cpu_seconds(self) -> float:
         return self.cpu_user_seconds + self.cpu_system_seconds
-
-    counts: dict[str, int]
-    failures: list[dict[str, Any]]
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
 
-def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> JobRun:
-    """POST ``body`` and poll the status every ``poll`` seconds until the job is finished."""
+# While waiting for a webhook, a status GET this often tells a failed delivery
+# from a long job (jobs shorter than this get none).
+WEBHOOK_CHECK_SECONDS = 10.0
+
+
+def run_job(
+    service: Service,
+    body: bytes,
+    *,
+    poll: float,
+    timeout: float,
+    receiver: WebhookReceiver | None = None,
+) -> JobRun:
+    """POST ``body`` and time it until the service's status says the job is finished.
+
+    Without ``receiver``, the status is polled every ``poll`` seconds. With one,
+    the job gets a ``webhook`` URL on it; the bench waits for the signed webhook
+    of the job, then makes one status GET, which must say finished. Either way
+    the clock runs from the POST to the status that says finished, and the
+    service's CPU time and the machine's counters are taken around the same interval.
+    """
+    webhook_url = None
+    if receiver is not None:
+        webhook_url = receiver.new_url()
+        body = json.dumps({**json.loads(body), "webhook": webhook_url}).encode()
     load_before = load_average()
     user_before, system_before = cpu_times(service.pid)
     machine_before = MachineSnapshot.take()
@@ -280,19 +321,45 @@ def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> Jo
         raise ServiceError(f"POST answered {response.status_code}: {response.text[:500]}")
     job_id = response.json()["id"]
     deadline = started + timeout
-    while True:
+    gets = 0
+    webhook_seconds = None
+
+    def get_status() -> dict[str, Any]:
+        nonlocal gets
+        gets += 1
         status = service.status(job_id)
         if status.status_code != 200:
             raise ServiceError(f"status answered {status.status_code}: {status.text[:500]}")
-        document = status.json()
-        if document["finished"]:
-            seconds = time.perf_counter() - started
-            user, system = cpu_times(service.pid)
-            machine = MachineSnapshot.take().since(machine_before)
-            break
-        if time.perf_counter() > deadline:
-            raise ServiceError(f"job {job_id} not finished after {timeout:.0f} s: {document.get('progress')}")
-        time.sleep(poll)
+        document: dict[str, Any] = status.json()
+        return document
+
+    if receiver is None:
+        while True:
+            document = get_status()
+            if document["finished"]:
+                break
+            if time.perf_counter() > deadline:
+                raise ServiceError(
+                    f"job {job_id} not finished after {timeout:.0f} s: {document.get('progress')}"
+                )
+            time.sleep(poll)
+    else:
+        assert webhook_url is not None
+        arrival = _await_webhook(receiver, job_id, deadline, timeout, get_status)
+        if arrival.error:
+            raise ServiceError(f"job {job_id}: {arrival.error}")
+        if not webhook_url.endswith(arrival.path):
+            raise ServiceError(f"the webhook of job {job_id} came to {arrival.path}, not to {webhook_url}")
+        webhook_seconds = arrival.at - started
+        document = get_status()
+        if not document["finished"]:
+            raise ServiceError(
+                f"job {job_id}: the webhook came, but the status GET after it says not finished: "
+                f"state {document.get('state')}, progress {document.get('progress')}"
+            )
+    seconds = time.perf_counter() - started
+    user, system = cpu_times(service.pid)
+    machine = MachineSnapshot.take().since(machine_before)
     files = document.get("files") or []
     counts: dict[str, int] = {}
     for f in files:
@@ -314,7 +381,39 @@ def run_job(service: Service, body: bytes, *, poll: float, timeout: float) -> Jo
         machine,
         counts,
         failures,
+        completion="poll" if receiver is None else "webhook",
+        status_gets=gets,
+        webhook_seconds=webhook_seconds,
+        webhook_state=(document.get("webhook") or {}).get("state") if receiver is not None else None,
     )
+
+
+def _await_webhook(
+    receiver: WebhookReceiver,
+    job_id: str,
+    deadline: float,
+    timeout: float,
+    get_status: Callable[[], dict[str, Any]],
+) -> Arrival:
+    """The arrival of ``job_id``'s webhook; raises when it failed, was refused, or did not come in time."""
+    while True:
+        remaining = deadline - time.perf_counter()
+        try:
+            arrival = receiver.wait(job_id, max(0.0, min(remaining, WEBHOOK_CHECK_SECONDS)))
+        except WebhookError as exc:
+            raise ServiceError(str(exc)) from exc
+        if arrival is not None:
+            return arrival
+        # No webhook yet: a long job, or a delivery that failed (or waits for a retry).
+        document = get_status()
+        hook = document.get("webhook") or {}
+        if document["finished"] and (hook.get("state") == "failed" or hook.get("lastError")):
+            raise ServiceError(f"job {job_id} finished, but its webhook was not delivered: {hook}")
+        if time.perf_counter() >= deadline:
+            raise ServiceError(
+                f"no webhook for job {job_id} after {timeout:.0f} s: finished {document['finished']}, "
+                f"progress {document.get('progress')}, webhook {hook or 'none in the status'}"
+            )
 
 
 def _server_seconds(document: dict[str, Any]) -> float | None:
