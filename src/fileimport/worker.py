@@ -30,7 +30,7 @@ from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
-from fileimport.imports.tasks import INTERRUPTED_REASON, import_claimed_files
+from fileimport.imports.tasks import ClaimedWork, claim_work, import_claimed_files
 from fileimport.media.tasks import delete_unreferenced_blobs
 from fileimport.webhooks.tasks import deliver_due_webhooks, seconds_until_next_delivery
 
@@ -80,18 +80,19 @@ class Worker:
         idle = True
         while True:
             while len(self.held) + self.claim_size <= self.max_held:
-                claim = await self._claim(look_first=idle)
-                idle = claim is None
-                if claim is None:
+                work = await self._claim(look_first=idle)
+                idle = work is None
+                if work is None:
                     break
+                claim = work.claim
                 if claim.exhausted:
                     log.warning("import.files.interrupted", job_id=claim.job_id, files=claim.exhausted)
                 ids = [f.id for f in claim.files]
                 self.held.update(ids)
-                tg.start_soon(self._run_claim, importer, claim, ids)
+                tg.start_soon(self._run_claim, importer, work, ids)
             await self.runtime.dispatcher.wait(Topic.IMPORTS, settings.worker_poll_seconds)
 
-    async def _claim(self, *, look_first: bool) -> repository.ClaimedFiles | None:
+    async def _claim(self, *, look_first: bool) -> ClaimedWork | None:
         """Lease the next files; None when there are none (or the database failed, logged).
 
         ``look_first`` (an idle worker's poll): read whether any file is free
@@ -107,26 +108,24 @@ class Worker:
             now = utcnow()
             return await self.runtime.db.run_in_transaction(
                 partial(
-                    repository.claim_files,
+                    claim_work,
                     owner=self.owner,
                     now=now,
                     lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
                     limit=self.claim_size,
                     max_leases=settings.file_max_leases,
-                    interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
                 )
             )
         except Exception:
             log.exception("worker.claim_failed")
             return None
 
-    async def _run_claim(
-        self, importer: FileImporter, claim: repository.ClaimedFiles, ids: list[int]
-    ) -> None:
+    async def _run_claim(self, importer: FileImporter, work: ClaimedWork, ids: list[int]) -> None:
+        claim = work.claim
         log.debug("import.files.leased", job_id=claim.job_id, files=len(ids), owner=self.owner)
         finished = False
         try:
-            await import_claimed_files(self.runtime, importer, claim)
+            await import_claimed_files(self.runtime, importer, work)
             finished = True  # every file has its result, which cleared its lease
         except Exception:
             # A fault not tied to one file (database, storage): the leases are

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 import anyio
 import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from fileimport.core.db import utcnow
 from fileimport.core.dispatch import Topic
@@ -14,6 +18,7 @@ from fileimport.imports import repository
 from fileimport.imports.models import ImportJob
 from fileimport.imports.pipeline import FileImporter, JobContext
 from fileimport.imports.states import JobState
+from fileimport.media.models import MediaEntry
 from fileimport.media.repository import list_entries_by_keys
 from fileimport.projects.models import Project
 from fileimport.projects.service import project_config
@@ -28,9 +33,51 @@ INTERRUPTED_REASON = (
 )
 
 
-async def import_claimed_files(
-    runtime: Runtime, importer: FileImporter, claim: repository.ClaimedFiles
-) -> None:
+@dataclass(frozen=True)
+class ClaimedWork:
+    """Files leased by one claim and what they share, read in the claiming transaction.
+
+    ``existing`` holds the entries already in the library under the files'
+    external ids (for conditional requests); the import re-reads them under
+    lock before changing anything.
+    """
+
+    claim: repository.ClaimedFiles
+    ctx: JobContext
+    existing: dict[str, MediaEntry]
+
+
+def claim_work(
+    session: Session, *, owner: str, now: datetime, lease_until: datetime, limit: int, max_leases: int
+) -> ClaimedWork | None:
+    """`repository.claim_files`, plus the job's context and existing entries in the same
+    transaction; None when no file is free. Sync: runs in `Database.run_in_transaction`.
+
+    One hop to a thread per claim: reading the job, its project and the
+    entries afterwards on the event loop took three more round trips.
+    """
+    claim = repository.claim_files(
+        session,
+        owner,
+        now,
+        lease_until,
+        limit,
+        max_leases=max_leases,
+        interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases),
+    )
+    if claim is None:
+        return None
+    job = session.get(ImportJob, claim.job_id)
+    assert job is not None  # noqa: S101 - the claim just read it
+    project = session.get(Project, job.project_id)
+    assert project is not None  # noqa: S101 - foreign key
+    ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
+    keys = [f.external_id for f in claim.files]
+    existing = list_entries_by_keys(session, job.project_id, job.system_name, keys)
+    return ClaimedWork(claim, ctx, existing)
+
+
+async def import_claimed_files(runtime: Runtime, importer: FileImporter, work: ClaimedWork) -> None:
     """Import the files of one claim (all of one job), then finish the job if none is pending.
 
     The caller holds the files' leases. Files are imported concurrently, at
@@ -38,21 +85,10 @@ async def import_claimed_files(
     allow across every claim of this worker. A file given a result
     meanwhile by another worker (after its lease expired here) is left as it is.
     """
-    if claim.files:
-        async with runtime.db.reader() as session:
-            job = await repository.get_job(session, claim.job_id)
-            if job is None or job.state != JobState.STARTED:
-                return
-            project = await session.get(Project, job.project_id)
-            assert project is not None  # noqa: S101 - foreign key
-            ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
-            keys = [f.external_id for f in claim.files]
-            existing = await list_entries_by_keys(session, job.project_id, job.system_name, keys)
-
-        async with anyio.create_task_group() as tg:
-            for file in claim.files:
-                tg.start_soon(importer.import_file, ctx, file, existing.get(file.external_id))
-    await finish_job_if_done(runtime, claim.job_id)
+    async with anyio.create_task_group() as tg:
+        for file in work.claim.files:
+            tg.start_soon(importer.import_file, work.ctx, file, work.existing.get(file.external_id))
+    await finish_job_if_done(runtime, work.claim.job_id)
 
 
 async def finish_job_if_done(runtime: Runtime, job_id: str) -> bool:

@@ -45,13 +45,16 @@ async def list_entries_by_ids(session: AsyncSession, project_id: int, ids: Seque
     return [by_id[i] for i in ids if i in by_id]
 
 
-async def list_entries_by_keys(
-    session: AsyncSession, project_id: int, system_name: str, external_ids: Sequence[str]
+def list_entries_by_keys(
+    session: Session, project_id: int, system_name: str, external_ids: Sequence[str]
 ) -> dict[str, MediaEntry]:
-    """Entries of one system by external id, for the ids given (one query)."""
+    """Entries of one system by external id, for the ids given (one query, no lock).
+
+    Sync: runs inside `Database.run_in_transaction` (or ``AsyncSession.run_sync``).
+    """
     if not external_ids:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(MediaEntry).where(
             MediaEntry.project_id == project_id,
             MediaEntry.system_name == system_name,

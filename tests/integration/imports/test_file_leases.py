@@ -19,7 +19,7 @@ from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
 from fileimport.imports.states import FileStatus, JobState
-from fileimport.imports.tasks import INTERRUPTED_REASON, import_claimed_files
+from fileimport.imports.tasks import claim_work, import_claimed_files
 from fileimport.projects.models import Project
 from fileimport.webhooks.repository import get_delivery_for_job
 from tests.support.service import migrate_async
@@ -52,25 +52,24 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
             await session.execute(update(ImportFile).where(ImportFile.job_id == job_id).values(leases=2))
 
         now = utcnow()
-        claim = await runtime.db.run_in_transaction(
-            lambda session: repository.claim_files(
+        work = await runtime.db.run_in_transaction(
+            lambda session: claim_work(
                 session,
-                "w",
-                now,
-                now + timedelta(seconds=30),
-                10,
+                owner="w",
+                now=now,
+                lease_until=now + timedelta(seconds=30),
+                limit=10,
                 max_leases=settings.file_max_leases,
-                interrupted_reason=INTERRUPTED_REASON.format(leases=settings.file_max_leases),
             )
         )
-        assert claim is not None
-        assert (claim.files, claim.exhausted) == ([], 2)
+        assert work is not None
+        assert (work.claim.files, work.claim.exhausted) == ([], 2)
 
         async with (
             OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher,
             ResultRecorder(runtime.db) as recorder,
         ):
-            await import_claimed_files(runtime, FileImporter(runtime, fetcher, recorder), claim)
+            await import_claimed_files(runtime, FileImporter(runtime, fetcher, recorder), work)
 
         async with runtime.db.transaction() as session:
             job = await repository.get_job(session, job_id)
