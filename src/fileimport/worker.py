@@ -47,9 +47,12 @@ class Worker:
         # Files per claim: small enough that workers sharing a job end it
         # together, large enough that claims stay a small share of the writes.
         self.claim_size = concurrency
-        # Files leased ahead of free import slots, so that no slot waits for
-        # a claim; what is leased and not started is handed back on shutdown.
-        self.max_held = 2 * concurrency
+        # Files leased at once: those downloading (at most `concurrency`),
+        # those being stored and recorded (an fsync and a shared commit, each
+        # several ms, longer than a small download), and the next claim, so
+        # that no download slot waits for files. What is leased and not
+        # started is handed back on shutdown.
+        self.max_held = 4 * concurrency
         # Each worker process spools into its own folder, so that a restarted
         # one can remove what a killed one left behind without touching the
         # downloads of others sharing the data folder.
