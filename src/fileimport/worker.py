@@ -52,7 +52,7 @@ class Worker:
         # several ms, longer than a small download), and the next claim, so
         # that no download slot waits for files. What is leased and not
         # started is handed back on shutdown.
-        self.max_held = 4 * concurrency
+        self.max_held = 2 * concurrency
         # Each worker process spools into its own folder, so that a restarted
         # one can remove what a killed one left behind without touching the
         # downloads of others sharing the data folder.
