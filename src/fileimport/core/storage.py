@@ -99,19 +99,26 @@ class BlobStorage(Protocol):
     validated by `ObjectStorage`'s rules (``ValueError`` for a malformed key).
     """
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put_file(self, key: str, path: Path, *, content_addressed: bool = False) -> None:
         """Store the local file at ``path`` under ``key``, replacing any blob there.
 
         Takes ownership of the file: once this returns, ``path`` no longer exists
         (it was moved into place or uploaded and then deleted). On failure the
         file is left where it was. Raises `StorageError`.
+
+        ``content_addressed``: the key names the bytes (their SHA-256), so a
+        blob already stored under it with the same size is kept, and only its
+        time of writing is refreshed, as a write would (which keeps it out of
+        reach of an orphan sweep); a local store then skips writing and
+        flushing the bytes again. Other stores always upload.
         """
         ...
 
-    async def put_bytes(self, key: str, data: bytes) -> None:
+    async def put_bytes(self, key: str, data: bytes, *, content_addressed: bool = False) -> None:
         """Store ``data`` under ``key``, replacing any blob there. Raises `StorageError`.
 
-        For small files that were never spooled to disk; as durable as `put_file`.
+        For small files that were never spooled to disk; as durable as
+        `put_file`, and ``content_addressed`` means the same as there.
         """
         ...
 
@@ -191,10 +198,28 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _move_file(source: Path, target: Path, fsync: bool) -> None:
+def _refresh_if_stored(target: Path, size: int) -> bool:
+    """True when ``target`` holds ``size`` bytes already: its time of writing is set to now.
+
+    Only for content-addressed keys, where the same key means the same bytes
+    and a blob under its final name is whole (it got there by a rename).
+    """
+    try:
+        if os.stat(target).st_size != size:
+            return False
+        os.utime(target)
+    except FileNotFoundError:  # never stored, or a sweep is removing it: store it
+        return False
+    return True
+
+
+def _move_file(source: Path, target: Path, fsync: bool, content_addressed: bool = False) -> None:
     """Rename ``source`` to ``target`` atomically; ``OSError`` (EXDEV across file systems)."""
     if not stat.S_ISREG(os.lstat(source).st_mode):
         raise OSError(errno.EINVAL, "not a regular file", str(source))
+    if content_addressed and _refresh_if_stored(target, os.stat(source).st_size):
+        source.unlink()
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     if fsync:
         _fsync_path(source)
@@ -204,13 +229,15 @@ def _move_file(source: Path, target: Path, fsync: bool) -> None:
         _fsync_path(target.parent, directory=True)
 
 
-def _write_file(target: Path, data: bytes, fsync: bool) -> None:
+def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool = False) -> None:
     """Write ``data`` to ``target`` atomically: a part file beside it, then a rename; ``OSError``.
 
     The part file is named ``<name>#<digits>``, which obstore's `LocalStore`
     takes for an upload in progress and leaves out of listings (its own puts
     use the same form), so a sweep never sees half a blob.
     """
+    if content_addressed and _refresh_if_stored(target, len(data)):
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f"{target.name}#{os.getpid()}{secrets.randbelow(10**9):09d}")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -297,7 +324,7 @@ class ObjectStorage:
         """
         return self._local_root
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put_file(self, key: str, path: Path, *, content_addressed: bool = False) -> None:
         """Store the file at ``path`` under ``key``; see `BlobStorage.put_file`.
 
         Raises `StorageError` when the file cannot be read or the store written,
@@ -307,7 +334,7 @@ class ObjectStorage:
         if self._local_root is not None:
             target = self._local_root.joinpath(*key.split("/"))
             try:
-                await anyio.to_thread.run_sync(_move_file, path, target, self._fsync)
+                await anyio.to_thread.run_sync(_move_file, path, target, self._fsync, content_addressed)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise _storage_error("store", key, exc) from exc
@@ -324,7 +351,7 @@ class ObjectStorage:
         except OSError as exc:
             raise _storage_error("remove the uploaded source of", key, exc) from exc
 
-    async def put_bytes(self, key: str, data: bytes) -> None:
+    async def put_bytes(self, key: str, data: bytes, *, content_addressed: bool = False) -> None:
         """Store ``data`` under ``key``; see `BlobStorage.put_bytes`.
 
         A local store writes the file in one hop to a worker thread (and
@@ -335,7 +362,7 @@ class ObjectStorage:
         try:
             if self._local_root is not None:
                 target = self._local_root.joinpath(*key.split("/"))
-                await anyio.to_thread.run_sync(_write_file, target, data, self._fsync)
+                await anyio.to_thread.run_sync(_write_file, target, data, self._fsync, content_addressed)
             else:
                 await obstore.put_async(self._store, key, data)
         except (ObstoreError, OSError) as exc:

@@ -144,9 +144,7 @@ class FileImporter:
                 got.fetched.path.unlink(missing_ok=True)
         return await self._save(ctx, file, got.media_type, asset, got.origin, got.attempts)
 
-    async def _download(
-        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
-    ) -> _Downloaded:
+    async def _download(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> _Downloaded:
         """Fetch and inspect the file; ``fetched`` None when the origin answered 304.
 
         On success the caller owns the spool file; on error it is already gone.
@@ -241,13 +239,13 @@ class FileImporter:
 
     async def _store(self, fetched: FetchedFile, probe: ContentProbe) -> StoredAsset:
         key = blob_key(fetched.sha256)
-        # Stored even when the key exists: content-addressed, so the same
-        # bytes land on the same blob, and the write refreshes its age, which
-        # keeps a blob being re-imported out of reach of an orphan sweep.
+        # Content-addressed: the same bytes land on the same blob. One stored
+        # already is not written again, but its time of writing is refreshed,
+        # which keeps a blob being re-imported out of reach of an orphan sweep.
         if fetched.path is None:
-            await self.runtime.storage.put_bytes(key, fetched.head)
+            await self.runtime.storage.put_bytes(key, fetched.head, content_addressed=True)
         else:
-            await self.runtime.storage.put_file(key, fetched.path)
+            await self.runtime.storage.put_file(key, fetched.path, content_addressed=True)
         return StoredAsset(
             key=key,
             sha256=fetched.sha256,

@@ -288,6 +288,43 @@ async def test_local_put_bytes_into_unwritable_folder_is_storage_error(tmp_path:
     assert [p.name for p in root.rglob("*")] == ["sha256"]
 
 
+@pytest.mark.parametrize("how", ["put_bytes", "put_file"])
+async def test_local_content_addressed_blob_already_stored_is_refreshed_not_rewritten(
+    tmp_path: Path, how: str
+) -> None:
+    storage = open_storage((tmp_path / "blobs").as_uri())
+    data = os.urandom(70_000)
+    key = blob_key(hashlib.sha256(data).hexdigest())
+    await storage.put_bytes(key, data)
+    blob = tmp_path / "blobs" / key
+    os.utime(blob, (1_000_000_000, 1_000_000_000))  # written in 2001
+    inode = blob.stat().st_ino
+
+    if how == "put_bytes":
+        await storage.put_bytes(key, data, content_addressed=True)
+    else:
+        source = tmp_path / "spooled"
+        source.write_bytes(data)
+        await storage.put_file(key, source, content_addressed=True)
+        assert not source.exists(), "put_file takes ownership of the source file"
+
+    assert blob.stat().st_ino == inode, "the stored blob was written again"
+    assert blob.stat().st_mtime > 1_000_000_000 + 3600, "its time of writing was not refreshed"
+    assert blob.read_bytes() == data
+
+
+async def test_local_content_addressed_blob_of_another_size_is_replaced(tmp_path: Path) -> None:
+    # A blob cut short (written by hand, or a bug) under the key is not taken for the content.
+    storage = open_storage((tmp_path / "blobs").as_uri())
+    data = b"the whole content"
+    key = blob_key(hashlib.sha256(data).hexdigest())
+    await storage.put_bytes(key, data[:5])
+
+    await storage.put_bytes(key, data, content_addressed=True)
+
+    assert await read_all(storage, key) == data
+
+
 async def test_local_check_fails_when_folder_is_gone(tmp_path: Path) -> None:
     root = tmp_path / "blobs"
     storage = open_storage(root.as_uri())

@@ -6,10 +6,13 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from fileimport.core.storage import open_storage
 
 
-async def test_old_blobs_go_and_freshly_rewritten_ones_stay(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content_addressed", [False, True])
+async def test_old_blobs_go_and_freshly_rewritten_ones_stay(tmp_path: Path, content_addressed: bool) -> None:
     storage = open_storage((tmp_path / "blobs").as_uri())
     now = datetime.now(UTC)
     for name in ("old", "rewritten"):
@@ -25,7 +28,8 @@ async def test_old_blobs_go_and_freshly_rewritten_ones_stay(tmp_path: Path) -> N
     # An import writes "rewritten" again after the sweep listed it.
     again = tmp_path / "again.bin"
     again.write_bytes(b"rewritten")
-    await storage.put_file("sha256/rewritten", again)
+    # (Content-addressed, the bytes are not written again: only the time of writing is refreshed.)
+    await storage.put_file("sha256/rewritten", again, content_addressed=content_addressed)
 
     cutoff = now - timedelta(minutes=10)
     assert await storage.delete_if_written_before("sha256/old", cutoff) is True
