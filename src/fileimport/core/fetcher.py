@@ -32,6 +32,7 @@ to an address the guard checked); redirects, decoding and retries are ours.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import email.utils
@@ -43,8 +44,9 @@ import re
 import socket
 import ssl
 import tempfile
+import weakref
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -489,6 +491,7 @@ class OriginFetcher:
         decoder = _ContentDecoder(codings) if any(c != "identity" for c in codings) else None
         spool = _Spool(self._spool_dir)
         done = False
+        unwatch = _fail_body_when_connection_drops(response)
         try:
             size = 0
             received = 0
@@ -544,6 +547,17 @@ class OriginFetcher:
                     f"while sending {_display(url)} ({_bytes(size)} received).",
                     retryable=True,
                 ) from exc
+            except _BodyFramingError as exc:
+                problem = (
+                    _describe_http_parse_error(exc.parse_error)
+                    if exc.parse_error is not None
+                    else "its body could not be parsed"
+                )
+                raise FetchError(
+                    "invalid_response",
+                    f"The origin at {_display_origin(url)} sent a malformed HTTP response ({problem}, "
+                    f"after {_bytes(received)} of body).",
+                ) from exc
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 raise FetchError(
                     "truncated",
@@ -566,6 +580,7 @@ class OriginFetcher:
                 )
             done = True
         finally:
+            unwatch()
             if not done:
                 # Synchronous on purpose: it must also run when cancelled.
                 spool.discard()
@@ -754,6 +769,70 @@ def _host_phrase(problem: str) -> str:
     if "port" in problem:
         return "its port is out of range"
     return "it names no host" if problem == "must name a host" else "its host is not a valid name or address"
+
+
+class _BodyFramingError(Exception):
+    """The connection closed while a body was neither complete nor failed (see below).
+
+    ``parse_error`` is the parser's complaint, when aiohttp kept one.
+    """
+
+    def __init__(self, parse_error: HttpProcessingError | None) -> None:
+        super().__init__("the connection closed in the middle of the body")
+        self.parse_error = parse_error
+
+
+def _fail_body_when_connection_drops(response: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Make the body's reader fail if the connection closes under it; returns the undo.
+
+    aiohttp (3.14) closes the connection when its parser refuses bytes in the
+    middle of a body (a chunk size line that is not hex, say) but never tells
+    the body's reader, which would then wait for the download's deadline
+    (60 s and more) and be retried as a timeout. A body that ends or breaks
+    in any other way is complete or failed before the connection's close
+    callback runs, so this changes nothing for them.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None:
+        return _nothing
+    content = response.content
+
+    def on_closed(_: object = None) -> None:
+        if not content.is_eof() and content.exception() is None:
+            error = protocol.exception()
+            content.set_exception(
+                _BodyFramingError(error if isinstance(error, HttpProcessingError) else None)
+            )
+
+    closed = protocol.closed
+    if closed is None:  # the connection is gone already
+        on_closed()
+        return _nothing
+    if closed not in _CLOSE_FUTURES:
+        # Asking for ``closed`` created the future, which lives as long as the
+        # connection (pooled, over many responses); aiohttp sets an error on
+        # it when the connection breaks, which nobody would ever retrieve.
+        _CLOSE_FUTURES.add(closed)
+        closed.add_done_callback(_retrieve_exception)
+    closed.add_done_callback(on_closed)
+
+    def unwatch() -> None:
+        closed.remove_done_callback(on_closed)
+
+    return unwatch
+
+
+def _nothing() -> None:
+    return None
+
+
+_CLOSE_FUTURES: weakref.WeakSet[asyncio.Future[None]] = weakref.WeakSet()
+
+
+def _retrieve_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _redirect_target(response: aiohttp.ClientResponse, url: URL) -> URL:

@@ -555,6 +555,29 @@ async def test_malformed_response_is_invalid_response_and_final(
     assert spooled(spool_dir) == []
 
 
+async def test_malformed_chunk_after_the_body_started_is_invalid_response_at_once(
+    fetch: FetchFn, spool_dir: Path
+) -> None:
+    # The first chunk is fine; the next chunk size line is garbage, and the
+    # origin keeps the connection open. aiohttp's parser fails inside the
+    # connection's protocol: the download must end with that, not wait for
+    # its deadline (60 s) and be retried as a timeout.
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    started = time.monotonic()
+    async with raw_origin(head, b"zz\r\nworld\r\n", b"") as (base_url, connections):
+        error = await fetch_error(fetch, f"{base_url}/x")
+    assert time.monotonic() - started < 10
+    assert connections == [1]
+    assert error.code == "invalid_response", error.reason
+    assert error.reason == (
+        f"The origin at {base_url} sent a malformed HTTP response "
+        "(Invalid character in chunk size, after 5 bytes of body)."
+    )
+    assert not error.retryable
+    assert error.attempts == 1
+    assert spooled(spool_dir) == []
+
+
 async def test_close_in_the_middle_of_the_headers_is_a_retried_connection_error(fetch: FetchFn) -> None:
     # The status line arrives in pieces, then the origin closes mid-header:
     # a lost connection, not a malformed answer, and no parser object in the reason.
