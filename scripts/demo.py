@@ -158,6 +158,11 @@ def main() -> int:
                     f"  {entry['externalId']:<22} {asset['mimeType']:<14} {asset['size']:>7} B  {asset['url']}"
                 )
         print(f"\nblobs on disk under {DATA_DIR.relative_to(ROOT) / 'blobs'} (content-addressed by SHA-256)")
+        print(
+            "\nThe demo's service stops now: the asset URLs above answer again once the same data is"
+            f" served, with `FILEIMPORT_DATA_DIR={DATA_DIR.relative_to(ROOT)} make serve`"
+            " (on port 8000, not the demo's port)."
+        )
         return 0
     finally:
         service.terminate()
