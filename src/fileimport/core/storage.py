@@ -232,14 +232,16 @@ def _move_file(source: Path, target: Path, fsync: bool, content_addressed: bool 
 def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool = False) -> None:
     """Write ``data`` to ``target`` atomically: a part file beside it, then a rename; ``OSError``.
 
-    The part file is named ``<name>#<digits>``, which obstore's `LocalStore`
-    takes for an upload in progress and leaves out of listings (its own puts
-    use the same form), so a sweep never sees half a blob.
+    The part file, ``.<name>.part-<digits>``, is listed under a key of its
+    own, never the blob's: one left behind by a killed process is swept like
+    any unreferenced blob once it is old enough. (Not ``<name>#<digits>``,
+    obstore's own form, which its listings leave out: nothing would ever
+    remove such a file.)
     """
     if content_addressed and _refresh_if_stored(target, len(data)):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f"{target.name}#{os.getpid()}{secrets.randbelow(10**9):09d}")
+    part = target.with_name(f".{target.name}.part-{os.getpid()}-{secrets.randbelow(10**9):09d}")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:

@@ -5,10 +5,12 @@ entry point at them, so a blob can be left without a reference: the bytes an
 update replaced, or a download stored just before its worker was killed and
 whose file then failed on the re-run. A blob is deleted only when no entry
 references it AND it was last written more than ``older_than`` ago: every
-import writes its blob again (see ``FileImporter._store``), so a blob that an
-import is about to reference is always younger than that, and the deletion
-itself re-checks the blob's age (``delete_if_written_before``) after the
-reference check, so an import that rewrites it meanwhile keeps it.
+import writes its blob again or refreshes its time of writing (see
+``FileImporter._store``), so a blob that an import is about to reference is
+always younger than that, and the deletion itself re-checks the blob's age
+(``delete_if_written_before``) after the reference check, so an import that
+rewrites it meanwhile keeps it. The part file of a small blob whose writer
+was killed (see ``ObjectStorage.put_bytes``) is listed and swept the same way.
 ``older_than`` must exceed the longest time between an import storing its
 blob and committing its entry; the CLI refuses less than ten minutes unless
 told that no import is running.

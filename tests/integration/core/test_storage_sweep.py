@@ -1,14 +1,23 @@
-"""``delete_if_written_before``: a blob written again since it was listed is kept."""
+"""``delete_if_written_before``: a blob written again since it was listed is kept; what a
+killed store left behind is swept."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from fileimport.core.storage import open_storage
+from fileimport.core.runtime import open_runtime
+from fileimport.core.settings import Settings
+from fileimport.core.storage import blob_key, open_storage
+from fileimport.media.tasks import delete_unreferenced_blobs
+from tests.support.service import migrate_async
 
 
 @pytest.mark.parametrize("content_addressed", [False, True])
@@ -37,3 +46,48 @@ async def test_old_blobs_go_and_freshly_rewritten_ones_stay(tmp_path: Path, cont
     assert await storage.delete_if_written_before("sha256/absent", cutoff) is False
     assert {key async for key in storage.list_keys("sha256/")} == {"sha256/rewritten"}
     assert [p.name for p in (tmp_path / "blobs" / "sha256").iterdir()] == ["rewritten"]
+
+
+# Stores a small file (put_bytes) on a disk slow to flush, and says so once it waits in fsync.
+KILLED_WRITER = """
+import asyncio, os, sys, time
+from pathlib import Path
+from fileimport.core.storage import open_storage
+
+root, key, in_fsync = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+
+def slow_fsync(fd):
+    in_fsync.touch()
+    time.sleep(60)
+
+os.fsync = slow_fsync
+asyncio.run(open_storage(root.as_uri()).put_bytes(key, b"x" * 1000))
+"""
+
+
+async def test_a_small_file_whose_store_was_killed_leaves_nothing_after_a_sweep(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    settings.data_dir.mkdir()
+    await migrate_async(settings.resolved_database_url)
+    blobs = settings.data_dir / "blobs"
+    in_fsync = tmp_path / "in-fsync"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(blobs), blob_key("ab" * 32), str(in_fsync)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not in_fsync.exists():
+            assert writer.poll() is None, "the writer exited before it reached fsync"
+            assert time.monotonic() < deadline, "the writer never reached fsync"
+            time.sleep(0.01)
+    finally:
+        writer.send_signal(signal.SIGKILL)  # kill -9 in the middle of storing: no cleanup of any kind
+        writer.wait()
+    assert [p for p in blobs.rglob("*") if p.is_file()], "the killed store left no part file to sweep"
+
+    runtime = open_runtime(settings)
+    try:
+        await delete_unreferenced_blobs(runtime, timedelta(0))
+    finally:
+        await runtime.close()
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []
