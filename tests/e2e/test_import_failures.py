@@ -98,3 +98,28 @@ async def test_each_bad_file_fails_with_its_own_code_and_the_rest_succeed(
     entry = await guarded_service.media_entry(results["good"]["mediaId"])
     assert entry["asset"]["sha256"] == hashlib.sha256(small).hexdigest()
     assert (entry["asset"]["width"], entry["asset"]["height"]) == (32, 24)
+
+
+async def test_a_file_the_blob_store_refuses_fails_as_storage_error_and_a_rerun_imports_it(
+    service: RunningService, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    # A regular file where the store's sha256/ folder must go: every store fails
+    # (a full or read-only disk behaves alike; permissions do not stop root).
+    body = png_bytes(8, 8)
+    httpserver.expect_request("/a.png").respond_with_data(body, content_type="image/png")
+    blobs = service.settings.data_dir / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / "sha256").write_text("in the way")
+    job = {"systemName": "s", "files": [{"url": httpserver.url_for("/a.png"), "id": "a", "fileName": "a"}]}
+
+    status = await service.import_and_wait(job)
+
+    (result,) = status["files"]
+    assert (result["status"], result["code"]) == ("failed", "storage_error"), result
+    assert "blob store refused" in result["reason"]
+    assert "importing it again will retry" in result["reason"]
+
+    (blobs / "sha256").unlink()
+    status = await service.import_and_wait(job)
+    (result,) = status["files"]
+    assert result["status"] == "success", result

@@ -534,7 +534,7 @@ class OriginFetcher:
                 if decoder is not None:
                     for piece in decoder.flush():
                         take(piece)
-                if spool.opened or size > HEAD_BYTES:
+                if size > HEAD_BYTES:  # (the spool is opened only past HEAD_BYTES)
                     path: Path | None = await anyio.to_thread.run_sync(spool.finish, pending)
                     sha256 = spool.sha256()
                 else:
@@ -584,7 +584,7 @@ class OriginFetcher:
             if not done:
                 # Synchronous on purpose: it must also run when cancelled.
                 spool.discard()
-        log.debug("fetch.received", url=str(url), size=size, path=str(path))
+        log.debug("fetch.received", url=str(url), size=size, spooled_to=str(path) if path else None)
         return FetchedFile(
             path=path,
             size=size,
@@ -624,11 +624,6 @@ class _Spool:
     def sha256(self) -> str:
         """Hex SHA-256 of every byte written."""
         return self._digest.hexdigest()
-
-    @property
-    def opened(self) -> bool:
-        """Whether the spool file exists (something was written)."""
-        return self._opened is not None
 
     def _open(self) -> tuple[IO[bytes], Path]:
         if self._opened is None:

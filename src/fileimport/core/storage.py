@@ -109,8 +109,9 @@ class BlobStorage(Protocol):
         ``content_addressed``: the key names the bytes (their SHA-256), so a
         blob already stored under it with the same size is kept, and only its
         time of writing is refreshed, as a write would (which keeps it out of
-        reach of an orphan sweep); a local store then skips writing and
-        flushing the bytes again. Other stores always upload.
+        reach of an orphan sweep); a local store that flushes its writes
+        (``fsync``, the default) then skips writing the bytes again. Other
+        stores always upload.
         """
         ...
 
@@ -201,8 +202,12 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
 def _refresh_if_stored(target: Path, size: int) -> bool:
     """True when ``target`` holds ``size`` bytes already: its time of writing is set to now.
 
-    Only for content-addressed keys, where the same key means the same bytes
-    and a blob under its final name is whole (it got there by a rename).
+    Only for content-addressed keys in a store that flushes what it writes
+    (``fsync``): the same key means the same bytes, and a blob under its
+    final name was flushed before the rename that put it there. That rename
+    may not be on disk yet (its writer flushes the folder next), so the
+    folder is flushed here too before the caller relies on the blob. Without
+    ``fsync`` a blob could be cut short by a power loss, so it is rewritten.
     """
     try:
         if os.stat(target).st_size != size:
@@ -210,6 +215,7 @@ def _refresh_if_stored(target: Path, size: int) -> bool:
         os.utime(target)
     except FileNotFoundError:  # never stored, or a sweep is removing it: store it
         return False
+    _fsync_path(target.parent, directory=True)
     return True
 
 
@@ -217,7 +223,7 @@ def _move_file(source: Path, target: Path, fsync: bool, content_addressed: bool 
     """Rename ``source`` to ``target`` atomically; ``OSError`` (EXDEV across file systems)."""
     if not stat.S_ISREG(os.lstat(source).st_mode):
         raise OSError(errno.EINVAL, "not a regular file", str(source))
-    if content_addressed and _refresh_if_stored(target, os.stat(source).st_size):
+    if content_addressed and fsync and _refresh_if_stored(target, os.stat(source).st_size):
         source.unlink()
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +244,7 @@ def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool 
     obstore's own form, which its listings leave out: nothing would ever
     remove such a file.)
     """
-    if content_addressed and _refresh_if_stored(target, len(data)):
+    if content_addressed and fsync and _refresh_if_stored(target, len(data)):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.part-{os.getpid()}-{secrets.randbelow(10**9):09d}")

@@ -169,8 +169,8 @@ async def test_large_body_without_content_length_keeps_memory_flat(
     expected = hashlib.sha256()
     for piece in iter_payload(size):
         expected.update(piece)
-    # A first small fetch, so that one-time setup (the client session and its
-    # connector) is not counted as memory the body took.
+    # A first small fetch, so that what the first use of the fetch path
+    # allocates once (imports, caches) is not counted as memory the body took.
     await fetch(origin.url("/large?size=100"), max_bytes=16 * MiB)
     tracemalloc.start()
     try:
@@ -558,10 +558,10 @@ async def test_malformed_response_is_invalid_response_and_final(
 async def test_malformed_chunk_after_the_body_started_is_invalid_response_at_once(
     fetch: FetchFn, spool_dir: Path
 ) -> None:
-    # The first chunk is fine; the next chunk size line is garbage, and the
-    # origin keeps the connection open. aiohttp's parser fails inside the
-    # connection's protocol: the download must end with that, not wait for
-    # its deadline (60 s) and be retried as a timeout.
+    # The first chunk is fine; the next chunk size line is garbage. aiohttp's
+    # parser fails inside the connection's protocol and closes it, without
+    # failing the body's reader: the download must end with that parse error,
+    # not wait for its deadline (60 s) and be retried as a timeout.
     head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     started = time.monotonic()
     async with raw_origin(head, b"zz\r\nworld\r\n", b"") as (base_url, connections):

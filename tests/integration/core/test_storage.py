@@ -313,6 +313,23 @@ async def test_local_content_addressed_blob_already_stored_is_refreshed_not_rewr
     assert blob.read_bytes() == data
 
 
+async def test_local_content_addressed_blob_is_rewritten_when_the_store_does_not_fsync(
+    tmp_path: Path,
+) -> None:
+    # Without fsync a blob of the right size may hold the wrong bytes after a
+    # power loss; writing it again is what heals it.
+    storage = open_storage((tmp_path / "blobs").as_uri(), {"fsync": "false"})
+    data = b"the whole content"
+    key = blob_key(hashlib.sha256(data).hexdigest())
+    blob = tmp_path / "blobs" / key
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"X" * len(data))  # same size, other bytes
+
+    await storage.put_bytes(key, data, content_addressed=True)
+
+    assert blob.read_bytes() == data
+
+
 async def test_local_content_addressed_blob_of_another_size_is_replaced(tmp_path: Path) -> None:
     # A blob cut short (written by hand, or a bug) under the key is not taken for the content.
     storage = open_storage((tmp_path / "blobs").as_uri())
