@@ -26,6 +26,7 @@ from fileimport.core.address_guard import create_guarded_session, guard_from_set
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
+from fileimport.core.processes import process_alive
 from fileimport.core.runtime import Runtime
 from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
@@ -194,18 +195,8 @@ def remove_abandoned_spool_dirs(spool_root: Path) -> int:
         return 0
     for folder in spool_root.iterdir():
         pid_text = folder.name.split("-", 1)[0]
-        if not folder.is_dir() or not pid_text.isdigit() or _process_alive(int(pid_text)):
+        if not folder.is_dir() or not pid_text.isdigit() or process_alive(int(pid_text)):
             continue
         removed += sum(1 for p in folder.rglob("*") if p.is_file())
         shutil.rmtree(folder, ignore_errors=True)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

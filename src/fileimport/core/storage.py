@@ -27,6 +27,8 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
+from fileimport.core.processes import process_alive
+
 if TYPE_CHECKING:  # types of obstore's stubs only
     from obstore import GetOptions, ObjectMeta
     from obstore.store import ClientConfig, ObjectStore, S3Config
@@ -147,6 +149,10 @@ class BlobStorage(Protocol):
         """Remove the blob unless it was written at or after ``cutoff``; True if removed."""
         ...
 
+    async def restore_set_aside(self, key: str) -> bool:
+        """Put back a blob that a sweep killed mid-deletion left aside (`is_set_aside` keys); True if so."""
+        ...
+
     def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key starting with ``prefix`` (plain string prefix), in no set order."""
         ...
@@ -265,6 +271,36 @@ def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool 
         raise
     if fsync:
         _fsync_path(target.parent, directory=True)
+
+
+_SET_ASIDE = re.compile(r"\.(?P<name>.+)\.deleting-(?P<pid>\d+)")
+"""Name of a blob that `_delete_local_if_before` moved aside, by the sweeping process's pid."""
+
+
+def is_set_aside(key: str) -> bool:
+    """Whether ``key`` names a blob that a sweep moved aside (``.<name>.deleting-<pid>``)."""
+    return _SET_ASIDE.fullmatch(key.rsplit("/", 1)[-1]) is not None
+
+
+def _restore_set_aside(aside: Path) -> bool:
+    """Put a blob that a killed sweep moved aside back under its name; True if ``aside`` was one.
+
+    The sweep may have moved it just after an import refreshed it, so it
+    cannot be dropped: it goes back unless the name holds a blob again (the
+    same bytes, written since), and a later sweep decides on it afresh.
+    """
+    found = _SET_ASIDE.fullmatch(aside.name)
+    if found is None or process_alive(int(found["pid"])):
+        return False
+    target = aside.with_name(found["name"])
+    try:
+        if target.exists():
+            aside.unlink()
+        else:
+            os.replace(aside, target)
+    except FileNotFoundError:  # another process restored it first
+        pass
+    return True
 
 
 def _delete_local_if_before(path: Path, cutoff: float) -> bool:
@@ -446,7 +482,8 @@ class ObjectStorage:
 
         A local store moves the blob aside atomically first and looks at the
         moved file: when an import has just written the key again, it is put
-        back, so a blob being imported is never lost to a sweep. Other stores
+        back, so a blob being imported is never lost to a sweep (and one that
+        a killed sweep left aside is put back by `restore_set_aside`). Other stores
         check the time with a HEAD just before the DELETE (a window of one
         round trip). Raises `StorageError`.
         """
@@ -462,6 +499,25 @@ class ObjectStorage:
             return False
         await self.delete(key)
         return True
+
+    async def restore_set_aside(self, key: str) -> bool:
+        """Put back the blob a sweep moved aside under ``key`` if that sweep's process is gone.
+
+        Only a local store sets blobs aside (see `delete_if_written_before`):
+        a sweep killed between moving one aside and deleting it leaves it as
+        ``.<name>.deleting-<pid>``, and an import may have refreshed that
+        blob just before, so it goes back under its name (or is dropped when
+        the name holds the same bytes again). False for any other key, for a
+        sweep still running, and for other stores. Raises `StorageError`.
+        """
+        if self._local_root is None or not is_set_aside(key):
+            return False
+        _check_key(key)
+        path = self._local_root.joinpath(*key.split("/"))
+        try:
+            return await anyio.to_thread.run_sync(_restore_set_aside, path)
+        except OSError as exc:
+            raise _storage_error("restore", key, exc) from exc
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key that starts with ``prefix``, in no particular order (see `list_blobs`)."""

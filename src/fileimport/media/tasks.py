@@ -24,7 +24,7 @@ import structlog
 
 from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
-from fileimport.core.storage import BLOB_PREFIX, StoredBlob
+from fileimport.core.storage import BLOB_PREFIX, StoredBlob, is_set_aside
 from fileimport.media import repository
 
 log = structlog.get_logger(__name__)
@@ -44,6 +44,11 @@ async def delete_unreferenced_blobs(runtime: Runtime, older_than: timedelta) -> 
             referenced = await repository.count_references(session, [b.key for b in blobs])
         removed = 0
         for blob in blobs:
+            if is_set_aside(blob.key):
+                # Left by a sweep killed mid-deletion: it may be a blob an import just refreshed.
+                if await runtime.storage.restore_set_aside(blob.key):
+                    log.warning("media.blob.restored", key=blob.key)
+                continue
             if blob.key in referenced or blob.last_modified >= cutoff:
                 continue
             if await runtime.storage.delete_if_written_before(blob.key, cutoff):

@@ -3,6 +3,7 @@ killed store left behind is swept."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -91,3 +92,37 @@ async def test_a_small_file_whose_store_was_killed_leaves_nothing_after_a_sweep(
     finally:
         await runtime.close()
     assert [p for p in blobs.rglob("*") if p.is_file()] == []
+
+
+async def test_a_blob_a_killed_sweep_left_aside_is_put_back_by_the_next_sweep(tmp_path: Path) -> None:
+    # A sweep moved a blob aside just after an import refreshed it, and was
+    # killed before it looked at the blob's time; the import's entry names the
+    # blob. The next sweep must put it back, whatever its age, and never
+    # delete it as an orphan.
+    settings = Settings(data_dir=tmp_path / "var")
+    settings.data_dir.mkdir()
+    await migrate_async(settings.resolved_database_url)
+    runtime = open_runtime(settings)
+    try:
+        data = b"a blob an entry is about to reference"
+        key = blob_key(hashlib.sha256(data).hexdigest())
+        await runtime.storage.put_bytes(key, data)
+        blob = settings.data_dir / "blobs" / key
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()  # its pid is no process now: the killed sweep's
+        aside = blob.with_name(f".{blob.name}.deleting-{dead.pid}")
+        os.rename(blob, aside)
+        an_hour_ago = time.time() - 3600
+        os.utime(aside, (an_hour_ago, an_hour_ago))
+
+        assert await delete_unreferenced_blobs(runtime, timedelta(minutes=10)) == 0
+
+        assert blob.read_bytes() == data
+        assert not aside.exists()
+        # A set-aside name of a sweep still running (this process) is left to it.
+        running_aside = blob.with_name(f".{blob.name}.deleting-{os.getpid()}")
+        os.rename(blob, running_aside)
+        await delete_unreferenced_blobs(runtime, timedelta(minutes=10))
+        assert running_aside.exists()
+    finally:
+        await runtime.close()
