@@ -24,6 +24,8 @@ serves, so a test can compare SHA-256 digests. Routes (all GET):
 - ``/redirect?to=URL&status=302&cookie=C`` — one redirect to URL (may be
   relative), setting cookie ``session=C`` when given.
 - ``/large?size=N`` — N bytes, chunked, without Content-Length.
+- ``/gzip-members?size=N&parts=K&piece=P`` — N bytes in K gzip members, sent P bytes at a time.
+- ``/gzip-cut?size=N``, ``/gzip-junk?size=N`` — a gzip stream cut short, or followed by junk.
 - ``/gzip?size=N`` — ``payload(N)`` gzip-encoded (Content-Encoding: gzip).
 - ``/gzip-bomb?size=N`` — N zero bytes, gzip-encoded (a few KiB on the wire).
 - ``/encoded?size=N&codings=C`` — ``payload(N)`` with the comma-separated
@@ -266,6 +268,40 @@ def _build_app(origin: FaultOrigin) -> web.Application:
         return web.Response(
             body=body,
             headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"},
+        )
+
+    @routes.get("/gzip-members")
+    async def gzip_members(request: web.Request) -> web.StreamResponse:
+        # payload(size) in `parts` gzip members one after the other (RFC 1952 §2.2),
+        # sent in pieces of `piece` bytes, so a member's header can arrive split.
+        body = payload(_size(request))
+        parts = int(request.query.get("parts", "2"))
+        step = -(-len(body) // parts)
+        encoded = b"".join(gzip.compress(body[i : i + step]) for i in range(0, len(body), step))
+        response = web.StreamResponse(
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+        )
+        response.content_length = len(encoded)
+        await response.prepare(request)
+        piece = int(request.query.get("piece", str(len(encoded))))
+        for i in range(0, len(encoded), piece):
+            await response.write(encoded[i : i + piece])
+        return response
+
+    @routes.get("/gzip-cut")
+    async def gzip_cut(request: web.Request) -> web.StreamResponse:
+        # A gzip stream without its last 100 bytes, framed as complete (Content-Length).
+        body = gzip.compress(payload(_size(request)))[:-100]
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+        )
+
+    @routes.get("/gzip-junk")
+    async def gzip_junk(request: web.Request) -> web.StreamResponse:
+        # A whole gzip stream followed by bytes that start no member.
+        body = gzip.compress(payload(_size(request))) + b"<html>trailing junk</html>"
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
         )
 
     @routes.get("/gzip-bomb")

@@ -566,6 +566,14 @@ class OriginFetcher:
                     f"{_describe_lost_connection(response, exc)}.",
                     retryable=True,
                 ) from exc
+            except _CompressedStreamCut as exc:
+                raise FetchError(
+                    "truncated",
+                    f"The {', '.join(codings)} body of {_display(url)} ended before its compressed "
+                    f"stream did ({_bytes(received)} received, {_bytes(size)} decoded): the file is "
+                    "incomplete.",
+                    retryable=True,
+                ) from exc
             except zlib.error as exc:
                 raise FetchError(
                     "decoding_error",
@@ -660,13 +668,29 @@ class _Spool:
             path.unlink(missing_ok=True)
 
 
+class _CompressedStreamCut(Exception):
+    """The body ended before its compressed stream did."""
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 class _Inflater:
-    """One gzip or deflate layer (RFC 9110 §8.4.1.2-3), inflated in bounded steps."""
+    """One gzip or deflate layer (RFC 9110 §8.4.1.2-3), inflated in bounded steps.
+
+    A gzip body may hold several members, one after the other (RFC 1952
+    §2.2), decoded in turn; bytes after the end of the stream that start no
+    member, or a stream that the body cuts short, are errors, never a file
+    quietly cut to what was decoded.
+    """
 
     def __init__(self, coding: str) -> None:
         self._coding = coding
         self._started = False
-        self._inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+        self._inflater = self._new()
+
+    def _new(self) -> zlib._Decompress:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16 if self._coding == "gzip" else zlib.MAX_WBITS)
 
     def inflate(self, data: bytes) -> Iterator[bytes]:
         """Decoded pieces of at most ``DECODE_STEP_BYTES`` for ``data``; raises ``zlib.error``."""
@@ -681,12 +705,40 @@ class _Inflater:
             # without the zlib wrapper (RFC 1950) that the coding names.
             self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             out = self._inflater.decompress(data, DECODE_STEP_BYTES)
-        while out:
-            yield out
-            out = self._inflater.decompress(self._inflater.unconsumed_tail, DECODE_STEP_BYTES)
+        while True:
+            while out:
+                yield out
+                out = self._inflater.decompress(self._inflater.unconsumed_tail, DECODE_STEP_BYTES)
+            rest = self._next_member()
+            if rest is None:
+                return
+            self._inflater = self._new()
+            out = self._inflater.decompress(rest, DECODE_STEP_BYTES)
+
+    def _next_member(self) -> bytes | None:
+        """The bytes of the gzip member that follows an ended stream, once its magic arrived, else None.
+
+        Raises ``zlib.error`` when what follows the end of the stream is no
+        gzip member (zlib keeps every byte fed after the end in ``unused_data``).
+        """
+        rest = self._inflater.unused_data if self._inflater.eof else b""
+        if not rest:
+            return None
+        if self._coding != "gzip" or (len(rest) >= len(_GZIP_MAGIC) and not rest.startswith(_GZIP_MAGIC)):
+            raise zlib.error(f"{len(rest)} bytes of data after the end of the {self._coding} stream")
+        if len(rest) < len(_GZIP_MAGIC):
+            return None  # the next member's header is still arriving
+        return rest
 
     def flush(self) -> bytes:
-        return self._inflater.flush()
+        """What is left once the body has ended; raises `_CompressedStreamCut` or ``zlib.error``."""
+        out = self._inflater.flush()
+        if self._started and not self._inflater.eof:
+            raise _CompressedStreamCut(f"the {self._coding} stream ended before its end")
+        rest = self._inflater.unused_data
+        if rest:
+            raise zlib.error(f"{len(rest)} bytes of data after the end of the {self._coding} stream")
+        return out
 
 
 class _ContentDecoder:

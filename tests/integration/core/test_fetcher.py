@@ -229,6 +229,45 @@ async def test_gzip_body_is_decoded(origin: FaultOrigin, fetch: FetchFn) -> None
     assert result.path.read_bytes() == body
 
 
+@pytest.mark.parametrize(
+    ("size", "parts", "piece"),
+    [(150_000, 2, 1_000_000), (150_000, 5, 1_000_000), (40_000, 3, 7), (200_000, 4, 4096)],
+    ids=["two-members", "five-members", "headers-split-7-bytes", "4-KiB-pieces"],
+)
+async def test_gzip_body_of_several_members_is_decoded_whole(
+    origin: FaultOrigin, fetch: FetchFn, size: int, parts: int, piece: int
+) -> None:
+    # RFC 1952 §2.2: a gzip file is a series of members. Decoding only the
+    # first one stored a file cut to that member, as success.
+    result = await fetch(origin.url(f"/gzip-members?size={size}&parts={parts}&piece={piece}"))
+    assert isinstance(result, FetchedFile)
+    assert result.size == size
+    assert result.sha256 == sha256(payload(size))
+
+
+async def test_gzip_stream_cut_short_is_truncated_and_retried(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    # The Content-Length matches what was sent, but the compressed stream has
+    # no end: the file is incomplete, not a smaller file.
+    error = await fetch_error(fetch, origin.url("/gzip-cut?size=150000"))
+    assert error.code == "truncated"
+    assert "ended before its compressed stream did" in error.reason
+    assert error.retryable
+    assert error.attempts == 3
+    assert spooled(spool_dir) == []
+
+
+async def test_junk_after_a_gzip_stream_is_a_decoding_error(
+    origin: FaultOrigin, fetch: FetchFn, spool_dir: Path
+) -> None:
+    error = await fetch_error(fetch, origin.url("/gzip-junk?size=150000"))
+    assert error.code == "decoding_error"
+    assert "26 bytes of data after the end of the gzip stream" in error.reason
+    assert not error.retryable
+    assert spooled(spool_dir) == []
+
+
 @pytest.mark.parametrize("size", [1, 50_000, 64 * 1024])
 async def test_small_body_stays_in_memory(
     origin: FaultOrigin, fetch: FetchFn, spool_dir: Path, size: int
