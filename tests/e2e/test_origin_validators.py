@@ -8,6 +8,7 @@ HTTP sets no limit and the origin is anyone on the internet.
 from __future__ import annotations
 
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from tests.support.images import png_bytes
 from tests.support.service import RunningService
@@ -37,3 +38,37 @@ async def test_long_etag_and_last_modified_do_not_fail_the_file(
 
     again = await service.import_and_wait({"systemName": "validators", "files": files})
     assert [r["status"] for r in again["files"]] == ["skipped", "skipped"]
+
+
+async def test_a_missing_blob_is_downloaded_again_although_the_origin_answers_304(
+    service: RunningService, httpserver: HTTPServer
+) -> None:
+    # The conditional re-import gets 304 Not Modified; with the entry's blob gone
+    # from the store, that 304 cannot be trusted: the file is fetched whole again.
+    body = png_bytes(7, 7)
+    etag = '"v1"'
+    conditional: list[bool] = []
+
+    def answer(request: Request) -> Response:
+        conditional.append(request.headers.get("If-None-Match") == etag)
+        if conditional[-1]:
+            return Response(status=304, headers={"ETag": etag})
+        return Response(body, content_type="image/png", headers={"ETag": etag})
+
+    httpserver.expect_request("/logo.png").respond_with_handler(answer)
+    files = [{"url": httpserver.url_for("/logo.png"), "id": "logo", "fileName": "logo"}]
+    (first,) = (await service.import_and_wait({"systemName": "s", "files": files}))["files"]
+    assert first["status"] == "success"
+    entry = await service.media_entry(first["mediaId"])
+    blob = service.settings.data_dir / "blobs" / entry["asset"]["key"]
+    blob.unlink()
+    missing = await service.client.get(entry["asset"]["url"])
+    assert missing.status_code == 404
+
+    (again,) = (await service.import_and_wait({"systemName": "s", "files": files}))["files"]
+
+    assert (again["status"], again["mediaId"]) == ("skipped", first["mediaId"])
+    assert conditional == [False, True, False]  # first, the conditional try, the repair
+    assert blob.read_bytes() == body
+    served = await service.client.get(entry["asset"]["url"])
+    assert (served.status_code, served.content) == (200, body)

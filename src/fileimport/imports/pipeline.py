@@ -175,6 +175,15 @@ class FileImporter:
             etag=existing.origin_etag if conditional and existing else None,
             last_modified=existing.origin_last_modified if conditional and existing else None,
         )
+        if (
+            isinstance(result, NotModified)
+            and existing is not None
+            and not await self.runtime.storage.exists(existing.asset_key)
+        ):
+            # The origin's copy is unchanged but ours is gone (deleted by
+            # hand, a lost disk): download it whole again, which repairs it.
+            log.warning("import.file.blob_missing", job_id=ctx.job_id, key=existing.asset_key)
+            result = await self.fetcher.fetch(file.url, max_bytes=max_bytes)
         if isinstance(result, NotModified):
             assert existing is not None  # noqa: S101 - only conditional requests get a 304
             media_type = declared or ctx.config.media_type(existing.media_type)
