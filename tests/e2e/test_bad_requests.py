@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -114,3 +116,31 @@ async def test_idempotency_key_returns_the_first_job(service: RunningService) ->
     assert first.json()["id"] == again.json()["id"]
     different = await service.post_import(body(systemName="other"), headers=headers)
     assert_error_shape(different, 422)
+
+
+async def test_whitespace_around_an_idempotency_key_is_not_part_of_it(service: RunningService) -> None:
+    # RFC 9110 §5.5; a proxy that trims header values must not turn a retry into
+    # a second job. httpx refuses to send such a value, so this one goes raw.
+    payload = json.dumps(body()).encode()
+
+    async def raw_post(key: bytes) -> tuple[int, dict[str, Any]]:
+        host, port = service.base_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = [b"POST /api/v1/import/files HTTP/1.1", f"Host: {host}".encode()]
+        head += [f"{k}: {v}".encode() for k, v in service.tenant.headers.items()]
+        head += [b"Content-Type: application/json", f"Content-Length: {len(payload)}".encode()]
+        head += [b"Idempotency-Key: " + key, b"Connection: close"]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
+        response = await reader.read()
+        writer.close()
+        status_line, _, rest = response.partition(b"\r\n")
+        return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+    status, first = await raw_post(b"batch-0002")
+    assert status == 200, first
+    status, again = await raw_post(b"batch-0002 \t")
+    assert status == 200, again
+    assert again["id"] == first["id"]
+    status, blank = await raw_post(b"   ")
+    assert status == 400, blank
+    assert "Idempotency-Key" in str(blank)

@@ -1001,6 +1001,24 @@ def _describe_lost_connection(response: aiohttp.ClientResponse, exc: BaseExcepti
     return describe_network_error(lost if lost is not None else exc)
 
 
+# getaddrinfo's error codes (they are not errno values: os.strerror(-3) is
+# "Unknown error -3"), in the words of glibc's gai_strerror.
+_RESOLVER_ERRORS = {
+    code: text
+    for name, text in (
+        ("EAI_AGAIN", "Temporary failure in name resolution"),
+        ("EAI_NONAME", "Name or service not known"),
+        ("EAI_FAIL", "Non-recoverable failure in name resolution"),
+        ("EAI_NODATA", "No address associated with hostname"),
+        ("EAI_ADDRFAMILY", "Address family for hostname not supported"),
+        ("EAI_FAMILY", "ai_family not supported"),
+        ("EAI_SERVICE", "Servname not supported for ai_socktype"),
+        ("EAI_MEMORY", "Memory allocation failure"),
+    )
+    if (code := getattr(socket, name, None)) is not None
+}
+
+
 def describe_network_error(exc: BaseException) -> str:
     """A short description of a failed connection or transfer, for a person.
 
@@ -1014,8 +1032,8 @@ def describe_network_error(exc: BaseException) -> str:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, socket.gaierror) and current.strerror:
-            return current.strerror
+        if isinstance(current, socket.gaierror) and (current.strerror or current.errno in _RESOLVER_ERRORS):
+            return current.strerror or _RESOLVER_ERRORS[current.errno]
         if isinstance(current, ssl.SSLError) and not isinstance(current, aiohttp.ClientError):
             # Its errno is OpenSSL's error kind, not an OS error number.
             return f"TLS error: {_describe_ssl_error(current)}"

@@ -22,7 +22,9 @@ router = APIRouter(prefix="/api/v1/import/files", tags=["import"], responses=err
 
 MAX_IDEMPOTENCY_KEY = 255
 # Visible ASCII and space: the key is a Structured Field string (draft-ietf-httpapi-idempotency-key-header).
-IDEMPOTENCY_KEY_PATTERN = "^[\\x20-\\x7E]+$"
+IDEMPOTENCY_KEY_PATTERN = "^[ \\t]*[\\x21-\\x7E](?:[\\x20-\\x7E]*[\\x21-\\x7E])?[ \\t]*$"
+"""Printable ASCII, not all spaces; spaces and tabs around it are not part of the
+key (RFC 9110 §5.5: a field value excludes leading and trailing whitespace)."""
 
 
 @router.post(
@@ -62,6 +64,8 @@ async def import_files(
     ] = None,
 ) -> JobCreated:
     settings = runtime.settings
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip(" \t")
     body, data = await read_json_body(request, int(settings.max_body_bytes))
     fingerprint = service.request_fingerprint(body)
     async with runtime.db.transaction() as session:
