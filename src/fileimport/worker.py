@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,42 @@ from fileimport.webhooks.tasks import deliver_due_webhooks, seconds_until_next_d
 log = structlog.get_logger(__name__)
 
 
+class FailureBackoff:
+    """Consecutive failures of one worker loop (the database or store is down, say).
+
+    The first failure is logged with its traceback, later ones as one line
+    each; after ``n`` failures in a row the loop waits ``first_wait * 2**n``
+    seconds, at most ``max_wait``, instead of its usual pause, so an outage
+    neither floods the log nor hammers the database. A success logs the
+    recovery and resets the count.
+    """
+
+    def __init__(self, event: str, *, max_wait: float = 30.0) -> None:
+        self.event = event
+        self.max_wait = max_wait
+        self.failures = 0
+
+    def failed(self) -> None:
+        """Call from an ``except`` block: logs the exception being handled."""
+        self.failures += 1
+        if self.failures == 1:
+            log.exception(self.event)
+        else:
+            error = sys.exc_info()[1]
+            log.warning(self.event, failures=self.failures, error=f"{type(error).__name__}: {error}")
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(f"{self.event}.recovered", failures=self.failures)
+            self.failures = 0
+
+    def wait(self, usual: float) -> float:
+        """Seconds to pause: ``usual`` while all is well, longer after each failure in a row."""
+        if not self.failures:
+            return usual
+        return min(usual * 2.0**self.failures, self.max_wait)
+
+
 class Worker:
     """Runs import jobs and webhook deliveries for one process."""
 
@@ -59,6 +96,7 @@ class Worker:
         # downloads of others sharing the data folder.
         self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
         self.held: set[int] = set()
+        self.claims = FailureBackoff("worker.claim_failed")
 
     async def run(self) -> None:
         """Work until cancelled."""
@@ -83,6 +121,11 @@ class Worker:
         settings = self.runtime.settings
         idle = True
         while True:
+            if self.claims.failures:
+                # The last claim failed: the next one after the backoff (or a new job's wake-up).
+                await self.runtime.dispatcher.wait(
+                    Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds)
+                )
             while len(self.held) + self.claim_size <= self.max_held:
                 work = await self._claim(look_first=idle)
                 idle = work is None
@@ -108,9 +151,10 @@ class Worker:
             if look_first:
                 async with self.runtime.db.reader() as session:
                     if not await repository.any_claimable_files(session, utcnow()):
+                        self.claims.succeeded()
                         return None
             now = utcnow()
-            return await self.runtime.db.run_in_transaction(
+            work = await self.runtime.db.run_in_transaction(
                 partial(
                     claim_work,
                     owner=self.owner,
@@ -121,8 +165,10 @@ class Worker:
                 )
             )
         except Exception:
-            log.exception("worker.claim_failed")
+            self.claims.failed()
             return None
+        self.claims.succeeded()
+        return work
 
     async def _run_claim(self, importer: FileImporter, work: ClaimedWork, ids: list[int]) -> None:
         claim = work.claim
@@ -174,13 +220,16 @@ class Worker:
 
     async def _webhook_loop(self, session: aiohttp.ClientSession) -> None:
         settings = self.runtime.settings
+        failures = FailureBackoff("webhook.loop_failed")
         while True:
             try:
                 await deliver_due_webhooks(self.runtime, session)
                 wait = await seconds_until_next_delivery(self.runtime, settings.worker_poll_seconds)
+                failures.succeeded()
             except Exception:
-                log.exception("webhook.loop_failed")
-                wait = settings.worker_poll_seconds
+                failures.failed()
+                await anyio.sleep(failures.wait(settings.worker_poll_seconds))
+                continue
             await self.runtime.dispatcher.wait(Topic.WEBHOOKS, max(wait, 0.05))
 
 
