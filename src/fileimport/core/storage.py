@@ -192,8 +192,13 @@ def _check_key(key: str) -> None:
 
 
 def _storage_error(action: str, key: str, exc: BaseException) -> StorageError:
-    # obstore messages carry a multi-line debug dump after the first line.
-    detail = str(exc).split("\n", 1)[0].strip() or type(exc).__name__
+    # An OSError's own words, without the server's paths (the message reaches
+    # API clients in a file's reason); obstore messages carry a multi-line
+    # debug dump after the first line. The whole error is the cause, for logs.
+    if isinstance(exc, OSError) and exc.strerror:
+        detail = exc.strerror
+    else:
+        detail = str(exc).split("\n", 1)[0].strip() or type(exc).__name__
     return StorageError(f"could not {action} {key!r}: {detail}")
 
 

@@ -128,7 +128,7 @@ class FileImporter:
             bound.info("import.file.already_recorded")
             return FileStatus(file.status), None
         except StorageError as exc:
-            bound.warning("import.file.not_stored", error=str(exc))
+            bound.warning("import.file.not_stored", error=str(exc), cause=repr(exc.__cause__))
             reason = (
                 f"The file was downloaded but the blob store refused it ({exc}); nothing changed in "
                 "the media library, and importing it again will retry."
