@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -190,15 +192,20 @@ def _start_worker_process() -> subprocess.Popen[bytes]:
     (strictly: the thread that started it, the main thread or the watcher of
     `WorkerProcesses`, which both live as long as ``serve`` runs).
     """
-    return subprocess.Popen([sys.executable, "-m", "fileimport", "worker"], preexec_fn=_die_with_parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fileimport", "worker"], preexec_fn=partial(_die_with_parent, os.getpid())
+    )
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     if sys.platform == "linux":
         import ctypes
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            # The parent died between fork and prctl: no signal will come.
+            os._exit(1)
 
 
 def _stop_processes(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:

@@ -138,7 +138,12 @@ def test_a_killed_serve_takes_its_worker_processes_with_it(served: tuple[Serve, 
     serve, _, _ = served
     serve.process.kill()  # SIGKILL: serve cannot stop its children itself
     serve.process.wait()
-    wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived a killed serve")
+    try:
+        wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived a killed serve")
+    except AssertionError as exc:  # seen once in CI: say what the worker was doing
+        tail = "\n".join(serve.log_path.read_text(errors="replace").splitlines()[-15:])
+        state = Path(f"/proc/{serve.worker_pid}/status").read_text()[:300] if alive(serve.worker_pid) else ""
+        raise AssertionError(f"{exc}\nlog tail:\n{tail}\nworker status:\n{state}") from None
 
 
 def test_a_worker_process_that_dies_is_replaced(served: tuple[Serve, str, str]) -> None:

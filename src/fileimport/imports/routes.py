@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from fileimport.auth.dependencies import get_runtime, require_scope
 from fileimport.auth.service import SCOPE_WRITE, Principal
 from fileimport.core.dispatch import Topic
-from fileimport.core.errors import NUL_FREE_PATTERN, error_responses
+from fileimport.core.errors import NUL_FREE_PATTERN, ValidationFailed, error_responses
 from fileimport.core.http import read_json_body, reject_repeated_query_parameters
 from fileimport.core.runtime import Runtime
 from fileimport.imports import service
@@ -22,9 +23,21 @@ router = APIRouter(prefix="/api/v1/import/files", tags=["import"], responses=err
 
 MAX_IDEMPOTENCY_KEY = 255
 # Visible ASCII and space: the key is a Structured Field string (draft-ietf-httpapi-idempotency-key-header).
-IDEMPOTENCY_KEY_PATTERN = "^[ \\t]*[\\x21-\\x7E](?:[\\x20-\\x7E]*[\\x21-\\x7E])?[ \\t]*$"
-"""Printable ASCII, not all spaces; spaces and tabs around it are not part of the
-key (RFC 9110 §5.5: a field value excludes leading and trailing whitespace)."""
+IDEMPOTENCY_KEY_PATTERN = "^[\\x21-\\x7E](?:[\\x20-\\x7E]*[\\x21-\\x7E])?$"
+"""Printable ASCII, not starting or ending with a space. Spaces and tabs around
+the header's value are not part of the key (RFC 9110 §5.5: a field value
+excludes leading and trailing whitespace): they are removed before the check."""
+_IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def _idempotency_key(raw: str | None) -> str | None:
+    """The header's key without surrounding whitespace; raises `ValidationFailed` naming the header."""
+    if raw is None:
+        return None
+    key = raw.strip(" \t")
+    if not _IDEMPOTENCY_KEY_RE.match(key):
+        raise ValidationFailed({"Idempotency-Key": "must be 1 to 255 printable ASCII characters"})
+    return key
 
 
 @router.post(
@@ -58,14 +71,14 @@ async def import_files(
             alias="Idempotency-Key",
             min_length=1,
             max_length=MAX_IDEMPOTENCY_KEY,
-            pattern=IDEMPOTENCY_KEY_PATTERN,
+            # Documented for clients; checked after surrounding whitespace is removed.
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
             description="Retry-safe POST key (24 h): the same key and body answer with the first job's id.",
         ),
     ] = None,
 ) -> JobCreated:
     settings = runtime.settings
-    if idempotency_key is not None:
-        idempotency_key = idempotency_key.strip(" \t")
+    idempotency_key = _idempotency_key(idempotency_key)
     body, data = await read_json_body(request, int(settings.max_body_bytes))
     fingerprint = service.request_fingerprint(body)
     async with runtime.db.transaction() as session:
