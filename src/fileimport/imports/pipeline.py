@@ -3,9 +3,9 @@
 For each file: fetch from the origin (streamed to a spool file, SHA-256 on the
 way; a body of at most 64 KiB stays in memory), sniff the MIME type from the
 bytes, choose or check the media type, enforce its size limit, read pixel
-size or duration, store the bytes under
-their content address, then create, update or skip the media entry and record
-the file's result in one transaction. Every failure ends as a ``failed``
+size or duration, store the bytes under their content address, then create,
+update or skip the media entry and record the file's result in one
+transaction. Every failure ends as a ``failed``
 result with a stable ``code`` and a ``reason`` a person can act on.
 """
 
@@ -158,7 +158,7 @@ class FileImporter:
         return await self._save(ctx, file, got.media_type, asset, got.origin, got.attempts)
 
     async def _download(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> _Downloaded:
-        """Fetch and inspect the file; ``fetched`` None when the origin answered 304.
+        """Fetch and inspect the file; ``content`` None when the origin answered 304.
 
         On success the caller owns the spool file; on error it is already gone.
         """
