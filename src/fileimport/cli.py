@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import structlog
@@ -30,7 +30,14 @@ from rich.console import Console
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fileimport.auth.service import KNOWN_SCOPES, SCOPE_READ, SCOPE_WRITE, create_token
+from fileimport.auth.service import (
+    KNOWN_SCOPES,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    create_token,
+    list_tokens,
+    revoke_token,
+)
 from fileimport.core.logging import configure_logging
 from fileimport.core.settings import Settings, get_settings
 from fileimport.projects.config import ProjectConfig
@@ -42,7 +49,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold tokens and database passwords
 )
 project_app = typer.Typer(help="Create and show projects.", no_args_is_help=True)
-token_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(token_app, name="token")
 err = Console(stderr=True)
@@ -410,6 +417,62 @@ def token_create(
         err.print(f"[red]no project '{project}'[/red]; create it with: fileimport project create {project}")
         raise typer.Exit(1)
     print(token)
+
+
+@token_app.command("list")
+def token_list(
+    project: Annotated[str, typer.Option(help="Project name.", envvar="FILEIMPORT_PROJECT")],
+) -> None:
+    """Print the project's tokens as JSON lines: number, label, scopes, created, expires (no secrets)."""
+    settings = _settings()
+
+    async def action(session: AsyncSession) -> list[dict[str, Any]] | None:
+        found = await get_project(session, project)
+        if found is None:
+            return None
+        return [
+            {
+                "number": t.id,
+                "label": t.label,
+                "scopes": t.scopes,
+                "createdAt": t.created_at.isoformat(),
+                "expiresAt": t.expires_at.isoformat() if t.expires_at else None,
+            }
+            for t in await list_tokens(session, found)
+        ]
+
+    tokens = _run_in_transaction(settings, action)
+    if tokens is None:
+        err.print(f"[red]no project '{project}'[/red]")
+        raise typer.Exit(1)
+    for token in tokens:
+        print(json.dumps(token))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token: Annotated[str, typer.Argument(help="The token's number (token list) or the token itself.")],
+    project: Annotated[str, typer.Option(help="Project name.", envvar="FILEIMPORT_PROJECT")],
+) -> None:
+    """Delete a token: requests with it answer 401 from now on."""
+    settings = _settings()
+
+    async def action(session: AsyncSession) -> bool | None:
+        found = await get_project(session, project)
+        if found is None:
+            return None
+        return await revoke_token(session, found, token.strip()) is not None
+
+    revoked = _run_in_transaction(settings, action)
+    if revoked is None:
+        err.print(f"[red]no project '{project}'[/red]")
+        raise typer.Exit(1)
+    if not revoked:
+        err.print(
+            f"[red]project '{project}' has no such token[/red]; see: fileimport token list --project {project}"
+        )
+        raise typer.Exit(1)
+    err.print("[green]revoked[/green]")
 
 
 @app.command()

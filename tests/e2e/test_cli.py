@@ -125,3 +125,36 @@ def test_blank_project_names_and_ports_out_of_range_are_refused(tmp_path: Path) 
         done = run(env, "serve", "--no-worker", "--port", port)
         assert done.returncode == 2, (port, done.stderr)
         assert "port" in done.stderr.lower()
+
+
+def test_tokens_are_listed_without_secrets_and_a_revoked_one_answers_401(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var")
+    cli(env, "migrate")
+    cli(env, "project", "create", "newsroom")
+    keeper = cli(env, "token", "create", "--project", "newsroom", "--scope", "public-api:read").strip()
+    leaked = cli(
+        env, "token", "create", "--project", "newsroom", "--scope", "public-api:read", "--label", "ci"
+    ).strip()
+    other = cli(env, "token", "create", "--project", "newsroom", "--scope", "public-api:read").strip()
+
+    listed = [json.loads(line) for line in cli(env, "token", "list", "--project", "newsroom").splitlines()]
+    assert [t["label"] for t in listed] == ["", "ci", ""]
+    assert all(keeper not in json.dumps(t) for t in listed), "a secret was printed"
+    assert listed[1]["scopes"] == ["public-api:read"]
+
+    with serve_process(env, keeper) as service:
+        library = f"{service.base_url}/api/v1/mediaLibrary?ids=x"
+
+        def status(token: str) -> int:
+            return httpx2.get(library, headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert (status(keeper), status(leaked), status(other)) == (200, 200, 200)
+        run(env, "token", "revoke", str(listed[1]["number"]), "--project", "newsroom").check_returncode()
+        run(env, "token", "revoke", other, "--project", "newsroom").check_returncode()
+        assert (status(keeper), status(leaked), status(other)) == (200, 401, 401)
+
+    again = run(env, "token", "revoke", str(listed[1]["number"]), "--project", "newsroom")
+    assert again.returncode == 1
+    assert "no such token" in again.stderr
+    assert run(env, "token", "revoke", "1", "--project", "nope").returncode == 1
+    assert len(cli(env, "token", "list", "--project", "newsroom").splitlines()) == 1

@@ -67,6 +67,32 @@ async def create_token(
     return token
 
 
+async def list_tokens(session: AsyncSession, project: Project) -> list[ApiToken]:
+    """The project's tokens, oldest first (their secrets are not stored, only hashes)."""
+    rows = await session.execute(
+        select(ApiToken).where(ApiToken.project_id == project.id).order_by(ApiToken.id)
+    )
+    return list(rows.scalars())
+
+
+async def revoke_token(session: AsyncSession, project: Project, token: str) -> ApiToken | None:
+    """Delete the project's token given by its number (from `list_tokens`) or by the token itself.
+
+    Returns the deleted row, None when the project has no such token. A
+    revoked token answers 401 from the next request on.
+    """
+    query = select(ApiToken).where(ApiToken.project_id == project.id)
+    if token.isdigit():
+        query = query.where(ApiToken.id == int(token))
+    else:
+        query = query.where(ApiToken.token_sha256 == hash_token(token))
+    found = (await session.execute(query)).scalar_one_or_none()
+    if found is not None:
+        await session.delete(found)
+        await session.flush()
+    return found
+
+
 async def authenticate(session: AsyncSession, token: str, *, now: datetime | None = None) -> Principal | None:
     """The principal for ``token``, or None when unknown or expired."""
     row = (
