@@ -725,7 +725,7 @@ class _Inflater:
         if not rest:
             return None
         if self._coding != "gzip" or (len(rest) >= len(_GZIP_MAGIC) and not rest.startswith(_GZIP_MAGIC)):
-            raise zlib.error(f"{len(rest)} bytes of data after the end of the {self._coding} stream")
+            raise self._trailing_data(rest)
         if len(rest) < len(_GZIP_MAGIC):
             return None  # the next member's header is still arriving
         return rest
@@ -735,10 +735,12 @@ class _Inflater:
         out = self._inflater.flush()
         if self._started and not self._inflater.eof:
             raise _CompressedStreamCut(f"the {self._coding} stream ended before its end")
-        rest = self._inflater.unused_data
-        if rest:
-            raise zlib.error(f"{len(rest)} bytes of data after the end of the {self._coding} stream")
+        if self._inflater.unused_data:
+            raise self._trailing_data(self._inflater.unused_data)
         return out
+
+    def _trailing_data(self, rest: bytes) -> zlib.error:
+        return zlib.error(f"{len(rest)} bytes of data after the end of the {self._coding} stream")
 
 
 class _ContentDecoder:
