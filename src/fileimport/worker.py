@@ -43,8 +43,8 @@ class FailureBackoff:
     """Consecutive failures of one worker loop (the database or store is down, say).
 
     The first failure is logged with its traceback, later ones as one line
-    each; after ``n`` failures in a row the loop waits ``first_wait * 2**n``
-    seconds, at most ``max_wait``, instead of its usual pause, so an outage
+    each; after ``n`` failures in a row the loop waits ``usual * 2**n``
+    seconds (see `wait`), at most ``max_wait``, instead of its usual pause, so an outage
     neither floods the log nor hammers the database. A success logs the
     recovery and resets the count.
     """
@@ -121,11 +121,6 @@ class Worker:
         settings = self.runtime.settings
         idle = True
         while True:
-            if self.claims.failures:
-                # The last claim failed: the next one after the backoff (or a new job's wake-up).
-                await self.runtime.dispatcher.wait(
-                    Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds)
-                )
             while len(self.held) + self.claim_size <= self.max_held:
                 work = await self._claim(look_first=idle)
                 idle = work is None
@@ -137,7 +132,8 @@ class Worker:
                 ids = [f.id for f in claim.files]
                 self.held.update(ids)
                 tg.start_soon(self._run_claim, importer, work, ids)
-            await self.runtime.dispatcher.wait(Topic.IMPORTS, settings.worker_poll_seconds)
+            # After a failed claim, longer (a new job's wake-up still tries at once).
+            await self.runtime.dispatcher.wait(Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds))
 
     async def _claim(self, *, look_first: bool) -> ClaimedWork | None:
         """Lease the next files; None when there are none (or the database failed, logged).
@@ -147,28 +143,29 @@ class Worker:
         when it finds nothing; a busy worker claims at once.
         """
         settings = self.runtime.settings
+        work = None
         try:
-            if look_first:
-                async with self.runtime.db.reader() as session:
-                    if not await repository.any_claimable_files(session, utcnow()):
-                        self.claims.succeeded()
-                        return None
-            now = utcnow()
-            work = await self.runtime.db.run_in_transaction(
-                partial(
-                    claim_work,
-                    owner=self.owner,
-                    now=now,
-                    lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
-                    limit=self.claim_size,
-                    max_leases=settings.file_max_leases,
+            if not look_first or await self._any_free_files():
+                now = utcnow()
+                work = await self.runtime.db.run_in_transaction(
+                    partial(
+                        claim_work,
+                        owner=self.owner,
+                        now=now,
+                        lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
+                        limit=self.claim_size,
+                        max_leases=settings.file_max_leases,
+                    )
                 )
-            )
         except Exception:
             self.claims.failed()
             return None
         self.claims.succeeded()
         return work
+
+    async def _any_free_files(self) -> bool:
+        async with self.runtime.db.reader() as session:
+            return await repository.any_claimable_files(session, utcnow())
 
     async def _run_claim(self, importer: FileImporter, work: ClaimedWork, ids: list[int]) -> None:
         claim = work.claim
