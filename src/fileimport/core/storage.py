@@ -240,9 +240,13 @@ def _move_file(source: Path, target: Path, fsync: bool, content_addressed: bool 
     target.parent.mkdir(parents=True, exist_ok=True)
     if fsync:
         _fsync_path(source)
+    _rename_into_place(source, target, fsync)
+
+
+def _rename_into_place(source: Path, target: Path, fsync: bool) -> None:
+    """``os.replace``, then (``fsync``) flush the folder, so the new name survives a crash too."""
     os.replace(source, target)
     if fsync:
-        # Make the new directory entry survive a crash, not only the data.
         _fsync_path(target.parent, directory=True)
 
 
@@ -270,16 +274,19 @@ def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool 
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(part, target)
+        _rename_into_place(part, target, fsync)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    if fsync:
-        _fsync_path(target.parent, directory=True)
 
 
 _SET_ASIDE = re.compile(r"\.(?P<name>.+)\.deleting-(?P<pid>\d+)")
-"""Name of a blob that `_delete_local_if_before` moved aside, by the sweeping process's pid."""
+"""Name of a blob that `_delete_local_if_before` moved aside (`_set_aside_name`)."""
+
+
+def _set_aside_name(path: Path) -> Path:
+    """Where this process's sweep moves ``path`` before deleting it."""
+    return path.with_name(f".{path.name}.deleting-{os.getpid()}")
 
 
 def is_set_aside(key: str) -> bool:
@@ -309,7 +316,7 @@ def _restore_set_aside(aside: Path) -> bool:
 
 
 def _delete_local_if_before(path: Path, cutoff: float) -> bool:
-    aside = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    aside = _set_aside_name(path)
     try:
         os.rename(path, aside)
     except FileNotFoundError:
