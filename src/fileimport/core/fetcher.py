@@ -609,8 +609,10 @@ class OriginFetcher:
 class _Spool:
     """A spool file created on first write (in a worker thread), so a small body costs one hop.
 
-    The SHA-256 is updated in the same thread as the write: hashlib releases
-    the GIL, so hashing and writing a chunk overlap with receiving the next.
+    The SHA-256 is updated in the same thread as the write (hashlib releases
+    the GIL), so neither hashing nor writing holds up the event loop; the
+    download waits for each write before it reads on (at most
+    ``fetch_chunk_bytes`` are in memory).
 
     Every `WRITEBACK_BYTES` written, the kernel is asked to start writing the
     finished stretch to disk (``posix_fadvise(POSIX_FADV_DONTNEED)``, which on
