@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import anyio
 import structlog
@@ -352,6 +352,12 @@ def project_create(
     print(json.dumps(described, indent=2))
 
 
+def _no_such_project(name: str) -> NoReturn:
+    """Say so on stderr, with how to create it, and exit 1."""
+    err.print(f"[red]no project '{name}'[/red]; create it with: fileimport project create {name}")
+    raise typer.Exit(1)
+
+
 @project_app.command("show")
 def project_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
     """Print the project as JSON, with its webhook signing secret as webhookSecret."""
@@ -363,8 +369,7 @@ def project_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> 
 
     described = _run_in_transaction(settings, action)
     if described is None:
-        err.print(f"[red]no project '{name}'[/red]")
-        raise typer.Exit(1)
+        _no_such_project(name)
     print(json.dumps(described, indent=2))
 
 
@@ -414,8 +419,7 @@ def token_create(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if token is None:
-        err.print(f"[red]no project '{project}'[/red]; create it with: fileimport project create {project}")
-        raise typer.Exit(1)
+        _no_such_project(project)
     print(token)
 
 
@@ -443,8 +447,7 @@ def token_list(
 
     tokens = _run_in_transaction(settings, action)
     if tokens is None:
-        err.print(f"[red]no project '{project}'[/red]")
-        raise typer.Exit(1)
+        _no_such_project(project)
     for token in tokens:
         print(json.dumps(token))
 
@@ -465,8 +468,7 @@ def token_revoke(
 
     revoked = _run_in_transaction(settings, action)
     if revoked is None:
-        err.print(f"[red]no project '{project}'[/red]")
-        raise typer.Exit(1)
+        _no_such_project(project)
     if not revoked:
         err.print(
             f"[red]project '{project}' has no such token[/red]; see: fileimport token list --project {project}"
