@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
-import stat
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +25,7 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
+from fileimport.core.group_commit import Flush, GroupCommit, LocalWrite, syncfs_flush
 from fileimport.core.processes import process_alive
 
 if TYPE_CHECKING:  # types of obstore's stubs only
@@ -106,7 +105,9 @@ class BlobStorage(Protocol):
 
         Takes ownership of the file: once this returns, ``path`` no longer exists
         (it was moved into place or uploaded and then deleted). On failure the
-        file is left where it was. Raises `StorageError`.
+        file is left where it was, unless only the last flush to disk failed,
+        when it is under the key already (unflushed); removing ``path`` if it
+        is still there is the caller's part. Raises `StorageError`.
 
         ``content_addressed``: the key names the bytes (their SHA-256), so a
         blob already stored under it with the same size is kept, and only its
@@ -202,84 +203,6 @@ def _storage_error(action: str, key: str, exc: BaseException) -> StorageError:
     return StorageError(f"could not {action} {key!r}: {detail}")
 
 
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _refresh_if_stored(target: Path, size: int) -> bool:
-    """True when ``target`` holds ``size`` bytes already: its time of writing is set to now.
-
-    Only for content-addressed keys in a store that flushes what it writes
-    (``fsync``): the same key means the same bytes, and a blob under its
-    final name was flushed before the rename that put it there. That rename
-    may not be on disk yet (its writer flushes the folder next), so the
-    folder is flushed here too before the caller relies on the blob. Without
-    ``fsync`` a blob could be cut short by a power loss, so it is rewritten.
-    """
-    try:
-        if os.stat(target).st_size != size:
-            return False
-        os.utime(target)
-    except FileNotFoundError:  # never stored, or a sweep is removing it: store it
-        return False
-    _fsync_path(target.parent, directory=True)
-    return True
-
-
-def _move_file(source: Path, target: Path, fsync: bool, content_addressed: bool = False) -> None:
-    """Rename ``source`` to ``target`` atomically; ``OSError`` (EXDEV across file systems)."""
-    if not stat.S_ISREG(os.lstat(source).st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(source))
-    if content_addressed and fsync and _refresh_if_stored(target, os.stat(source).st_size):
-        source.unlink()
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if fsync:
-        _fsync_path(source)
-    _rename_into_place(source, target, fsync)
-
-
-def _rename_into_place(source: Path, target: Path, fsync: bool) -> None:
-    """``os.replace``, then (``fsync``) flush the folder, so the new name survives a crash too."""
-    os.replace(source, target)
-    if fsync:
-        _fsync_path(target.parent, directory=True)
-
-
-def _write_file(target: Path, data: bytes, fsync: bool, content_addressed: bool = False) -> None:
-    """Write ``data`` to ``target`` atomically: a part file beside it, then a rename; ``OSError``.
-
-    The part file, ``.<name>.part-<digits>``, is listed under a key of its
-    own, never the blob's: one left behind by a killed process is swept like
-    any unreferenced blob once it is old enough. (Not ``<name>#<digits>``,
-    obstore's own form, which its listings leave out: nothing would ever
-    remove such a file.)
-    """
-    if content_addressed and fsync and _refresh_if_stored(target, len(data)):
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part-{os.getpid()}-{secrets.randbelow(10**9):09d}")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(fd, view[written:])
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        _rename_into_place(part, target, fsync)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
 _SET_ASIDE = re.compile(r"\.(?P<name>.+)\.deleting-(?P<pid>\d+)")
 """Name of a blob that `_delete_local_if_before` moved aside (`_set_aside_name`)."""
 
@@ -349,8 +272,14 @@ class ObjectStorage:
         chunk_bytes: minimum size of the chunks `open_range` yields (the last
             one may be smaller), in bytes.
         check_timeout: seconds `check` waits before raising `StorageError`.
-        fsync: for the local rename path, flush the file and its directory
+        fsync: for a local store, flush each stored file and its folder
             entry to disk before returning, so a stored blob survives a crash.
+        syncfs: for a local store that flushes, flush each batch of blobs
+            (`fileimport.core.group_commit`) with one ``syncfs(2)`` before the
+            renames and one after, instead of an ``fsync`` per file and
+            folder, where the system supports it (Linux 5.8+). ``syncfs``
+            also flushes what other programs wrote to the same file system:
+            turn it off when the folder shares one with busy writers.
     """
 
     def __init__(
@@ -360,16 +289,19 @@ class ObjectStorage:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         check_timeout: float = DEFAULT_CHECK_TIMEOUT,
         fsync: bool = True,
+        syncfs: bool = True,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be at least 1")
         self._store = store
         self._chunk_bytes = chunk_bytes
         self._check_timeout = check_timeout
-        self._fsync = fsync
         self._local_root: Path | None = None
+        self._commits: GroupCommit | None = None
         if isinstance(store, LocalStore):
             self._local_root = store.prefix or Path("/")
+            flush = ((syncfs_flush(self._local_root) if syncfs else None) or Flush()) if fsync else None
+            self._commits = GroupCommit(flush)
 
     @property
     def local_root(self) -> Path | None:
@@ -387,10 +319,12 @@ class ObjectStorage:
         ``ValueError`` for a malformed key.
         """
         _check_key(key)
-        if self._local_root is not None:
+        if self._local_root is not None and self._commits is not None:
             target = self._local_root.joinpath(*key.split("/"))
             try:
-                await anyio.to_thread.run_sync(_move_file, path, target, self._fsync, content_addressed)
+                await self._commits.write(
+                    LocalWrite(target, source=path, content_addressed=content_addressed)
+                )
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise _storage_error("store", key, exc) from exc
@@ -410,15 +344,15 @@ class ObjectStorage:
     async def put_bytes(self, key: str, data: bytes, *, content_addressed: bool = False) -> None:
         """Store ``data`` under ``key``; see `BlobStorage.put_bytes`.
 
-        A local store writes the file in one hop to a worker thread (and
-        flushes it and its folder to disk when ``fsync``); other stores take
-        one PUT. Raises `StorageError`, ``ValueError`` for a malformed key.
+        A local store writes it with the next batch of its group commit
+        (flushed to disk when ``fsync``); other stores take one PUT. Raises
+        `StorageError`, ``ValueError`` for a malformed key.
         """
         _check_key(key)
         try:
-            if self._local_root is not None:
+            if self._local_root is not None and self._commits is not None:
                 target = self._local_root.joinpath(*key.split("/"))
-                await anyio.to_thread.run_sync(_write_file, target, data, self._fsync, content_addressed)
+                await self._commits.write(LocalWrite(target, data=data, content_addressed=content_addressed))
             else:
                 await obstore.put_async(self._store, key, data)
         except (ObstoreError, OSError) as exc:
@@ -588,8 +522,8 @@ def _parse_bool(name: str, value: str) -> bool:
 def open_storage(url: str, options: Mapping[str, str] | None = None) -> ObjectStorage:
     """Open the blob store named by ``url`` (``FILEIMPORT_STORAGE_URL``).
 
-    - ``file:///abs/path``: a local folder, created if missing. Option
-      ``fsync`` (``true``/``false``, default true), see `ObjectStorage`.
+    - ``file:///abs/path``: a local folder, created if missing. Options
+      ``fsync`` and ``syncfs`` (``true``/``false``, default true), see `ObjectStorage`.
     - ``s3://bucket/prefix``: an S3-compatible bucket, keys under ``prefix``.
       Options are obstore's S3 config (``endpoint``, ``region``,
       ``access_key_id``, ``secret_access_key``, ...) and HTTP client options
@@ -611,13 +545,14 @@ def open_storage(url: str, options: Mapping[str, str] | None = None) -> ObjectSt
         if not root.is_absolute():
             raise ValueError(f"file storage URL needs an absolute path: {url!r}")
         fsync = _parse_bool("fsync", opts.pop("fsync", "true"))
+        syncfs = _parse_bool("syncfs", opts.pop("syncfs", "true"))
         if opts:
             raise ValueError(f"unknown options for file storage: {sorted(opts)}")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ValueError(f"cannot create storage folder {str(root)!r}: {exc}") from exc
-        return ObjectStorage(LocalStore(root), fsync=fsync)
+        return ObjectStorage(LocalStore(root), fsync=fsync, syncfs=syncfs)
     if scheme == "memory":
         if opts:
             raise ValueError(f"unknown options for memory storage: {sorted(opts)}")

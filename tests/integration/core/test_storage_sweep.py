@@ -49,19 +49,22 @@ async def test_old_blobs_go_and_freshly_rewritten_ones_stay(tmp_path: Path, cont
     assert [p.name for p in (tmp_path / "blobs" / "sha256").iterdir()] == ["rewritten"]
 
 
-# Stores a small file (put_bytes) on a disk slow to flush, and says so once it waits in fsync.
+# Stores a small file (put_bytes) on a disk slow to flush, and says so once it waits in the
+# flush of the written file (fsync or syncfs, whichever this system uses).
 KILLED_WRITER = """
 import asyncio, os, sys, time
 from pathlib import Path
+from fileimport.core import group_commit
 from fileimport.core.storage import open_storage
 
 root, key, in_fsync = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 
-def slow_fsync(fd):
+def slow_flush(self, paths):
     in_fsync.touch()
     time.sleep(60)
 
-os.fsync = slow_fsync
+group_commit.Flush.files = slow_flush
+group_commit._SyncfsFlush.files = slow_flush
 asyncio.run(open_storage(root.as_uri()).put_bytes(key, b"x" * 1000))
 """
 
