@@ -11,6 +11,7 @@ result with a stable ``code`` and a ``reason`` a person can act on.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -90,12 +91,13 @@ class FileImporter:
         runtime: Runtime,
         fetcher: OriginFetcher,
         recorder: ResultRecorder,
-        download_slots: anyio.Semaphore | None = None,
+        download_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.runtime = runtime
         self.fetcher = fetcher
         self.recorder = recorder
-        self.download_slots = download_slots or anyio.Semaphore(runtime.settings.worker_concurrency)
+        # asyncio's: anyio's Semaphore takes a trip round the event loop per acquire (fetcher.py).
+        self.download_slots = download_slots or asyncio.Semaphore(runtime.settings.worker_concurrency)
 
     async def import_file(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.

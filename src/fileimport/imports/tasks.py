@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-import anyio
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -85,9 +85,9 @@ async def import_claimed_files(runtime: Runtime, importer: FileImporter, work: C
     allow across every claim of this worker. A file given a result
     meanwhile by another worker (after its lease expired here) is left as it is.
     """
-    async with anyio.create_task_group() as tg:
+    async with asyncio.TaskGroup() as tg:  # asyncio's: a task costs less than with anyio's
         for file in work.claim.files:
-            tg.start_soon(importer.import_file, work.ctx, file, work.existing.get(file.external_id))
+            tg.create_task(importer.import_file(work.ctx, file, work.existing.get(file.external_id)))
     await finish_job_if_done(runtime, work.claim.job_id)
 
 
