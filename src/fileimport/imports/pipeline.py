@@ -24,10 +24,10 @@ from fileimport.core.metrics import BYTES_FETCHED, FILE_SECONDS, FILES_IMPORTED
 from fileimport.core.probe import ContentProbe, ProbeError, probe_file, sniff_mime_type
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import StorageError, blob_key
-from fileimport.imports.models import ImportFile
 from fileimport.imports.recorder import ResultAlreadyRecorded, ResultRecorder
+from fileimport.imports.repository import LeasedFile
 from fileimport.imports.states import FileStatus
-from fileimport.media.models import MediaEntry
+from fileimport.media.repository import KnownEntry
 from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset
 from fileimport.projects.config import MediaTypeConfig, ProjectConfig
 
@@ -99,7 +99,7 @@ class FileImporter:
         # asyncio's: anyio's Semaphore takes a trip round the event loop per acquire (fetcher.py).
         self.download_slots = download_slots or asyncio.Semaphore(runtime.settings.worker_concurrency)
 
-    async def import_file(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> FileStatus:
+    async def import_file(self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.
 
         ``existing`` is the entry with the file's key when the job started (for
@@ -112,7 +112,7 @@ class FileImporter:
         return status
 
     async def _import_and_record(
-        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
+        self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None
     ) -> tuple[FileStatus, str | None]:
         bound = log.bind(job_id=ctx.job_id, external_id=file.external_id)
         attempts = 0
@@ -128,7 +128,7 @@ class FileImporter:
             return await self._record_failure(ctx, file, exc.code, reason, attempts), exc.code
         except ResultAlreadyRecorded:
             bound.info("import.file.already_recorded")
-            return FileStatus(file.status), None
+            return FileStatus.PENDING, None  # the result is another worker's: none recorded here
         except StorageError as exc:
             bound.warning("import.file.not_stored", error=str(exc), cause=repr(exc.__cause__))
             reason = (
@@ -144,7 +144,7 @@ class FileImporter:
         return status, None
 
     async def _import(
-        self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None
+        self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None
     ) -> tuple[FileStatus, str, int]:
         got: _Downloaded | None = None
         try:
@@ -159,7 +159,7 @@ class FileImporter:
                 got.content[0].path.unlink(missing_ok=True)
         return await self._save(ctx, file, got.media_type, asset, got.origin, got.attempts)
 
-    async def _download(self, ctx: JobContext, file: ImportFile, existing: MediaEntry | None) -> _Downloaded:
+    async def _download(self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None) -> _Downloaded:
         """Fetch and inspect the file; ``content`` None when the origin answered 304.
 
         On success the caller owns the spool file; on error it is already gone.
@@ -206,7 +206,7 @@ class FileImporter:
         origin = OriginValidators(file.url, result.etag, result.last_modified)
         return _Downloaded(media_type, (result, probe), origin, result.attempts)
 
-    def _declared_media_type(self, ctx: JobContext, file: ImportFile) -> MediaTypeConfig | None:
+    def _declared_media_type(self, ctx: JobContext, file: LeasedFile) -> MediaTypeConfig | None:
         if file.media_type is None:
             return None
         media_type = ctx.config.media_type(file.media_type)
@@ -215,7 +215,7 @@ class FileImporter:
         return media_type
 
     async def _inspect(
-        self, ctx: JobContext, file: ImportFile, declared: MediaTypeConfig | None, fetched: FetchedFile
+        self, ctx: JobContext, file: LeasedFile, declared: MediaTypeConfig | None, fetched: FetchedFile
     ) -> tuple[MediaTypeConfig, ContentProbe]:
         if fetched.size == 0:
             raise FileRejected("empty_file", f"The origin sent an empty body for {file.url}.")
@@ -254,7 +254,7 @@ class FileImporter:
         return media_type, probe
 
     @staticmethod
-    def _check_metadata(media_type: MediaTypeConfig, file: ImportFile) -> None:
+    def _check_metadata(media_type: MediaTypeConfig, file: LeasedFile) -> None:
         problems = media_type.metadata_problems(file.metadata_)
         if problems:
             listed = "; ".join(f"{key} {problem}" for key, problem in sorted(problems.items()))
@@ -284,7 +284,7 @@ class FileImporter:
     async def _save(
         self,
         ctx: JobContext,
-        file: ImportFile,
+        file: LeasedFile,
         media_type: MediaTypeConfig,
         asset: StoredAsset | None,
         origin: OriginValidators,
@@ -304,7 +304,7 @@ class FileImporter:
         return recorded.status, recorded.media_id, attempts
 
     async def _record_failure(
-        self, ctx: JobContext, file: ImportFile, code: str, reason: str, attempts: int
+        self, ctx: JobContext, file: LeasedFile, code: str, reason: str, attempts: int
     ) -> FileStatus:
         try:
             await self.recorder.record_failure(ctx.project_id, file.id, code, reason, attempts)

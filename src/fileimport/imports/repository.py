@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from fileimport.imports.models import IdempotencyKey, ImportFile, ImportJob
 from fileimport.imports.states import FileStatus, JobState
+from fileimport.projects.models import Project
 
 CLAIM_JOB_CANDIDATES = 8
 """Started jobs looked at per claim, least recently served first; a job whose
@@ -62,6 +63,21 @@ async def list_file_results(session: AsyncSession, job_id: str) -> Sequence[File
 
 
 @dataclass(frozen=True)
+class LeasedFile:
+    """A pending file as a claim leased it: what its import needs, and the lease."""
+
+    id: int
+    position: int
+    external_id: str
+    url: str
+    file_name: str
+    metadata_: dict[str, Any]
+    media_type: str | None
+    lease_owner: str
+    leases: int
+
+
+@dataclass(frozen=True)
 class ClaimedFiles:
     """Files of one job leased by one claim, in batch order.
 
@@ -71,8 +87,82 @@ class ClaimedFiles:
     """
 
     job_id: str
-    files: list[ImportFile]
+    files: list[LeasedFile]
     exhausted: int
+
+
+_files = cast(Table, ImportFile.__table__)  # a declarative class maps a Table
+_jobs = cast(Table, ImportJob.__table__)
+_projects = cast(Table, Project.__table__)
+
+# A claim's statements, built once: Core on the tables (no ORM objects to
+# load or identity map to keep) with bound parameters, so that a claim does not
+# build its WHERE clauses anew each time. Together with the plain rows this
+# took a claim of 16 files from 3.7-5.5 to ~1.5 ms of CPU here.
+_CLAIM_CANDIDATE_JOBS = (
+    select(_jobs.c.id)
+    .where(_jobs.c.state == JobState.STARTED)
+    .order_by(_jobs.c.claimed_at.is_not(None), _jobs.c.claimed_at, _jobs.c.started_at)
+    .limit(CLAIM_JOB_CANDIDATES)
+)
+_CLAIM_FREE_FILES = (
+    select(_files.c.id, _files.c.leases)
+    .where(
+        _files.c.job_id == bindparam("job_id"),
+        _files.c.status == FileStatus.PENDING,
+        or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
+    )
+    .order_by(_files.c.position)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_MARK_JOB = update(_jobs).where(_jobs.c.id == bindparam("job_id")).values(claimed_at=bindparam("now"))
+_CLAIM_EXHAUSTED = (
+    update(_files)
+    .where(_files.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=FileStatus.FAILED,
+        code="interrupted",
+        reason=bindparam("reason"),
+        finished_at=bindparam("now"),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
+_CLAIM_LEASE = (
+    update(_files)
+    .where(_files.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        lease_owner=bindparam("owner"), lease_expires_at=bindparam("lease_until"), leases=_files.c.leases + 1
+    )
+    .returning(
+        _files.c.id,
+        _files.c.position,
+        _files.c.external_id,
+        _files.c.url,
+        _files.c.file_name,
+        _files.c.metadata,
+        _files.c.media_type,
+        _files.c.lease_owner,
+        _files.c.leases,
+    )
+)
+
+
+_JOB_OF_CLAIM = (
+    select(_jobs.c.project_id, _jobs.c.system_name, _projects.c.config)
+    .join_from(_jobs, _projects, _jobs.c.project_id == _projects.c.id)
+    .where(_jobs.c.id == bindparam("job_id"))
+)
+
+
+def job_of_claim(session: Session, job_id: str) -> tuple[int, str, dict[str, Any]]:
+    """The job's project id, system name and its project's raw media type config (sync).
+
+    Raises ``sqlalchemy.exc.NoResultFound`` for an unknown job.
+    """
+    project_id, system_name, config = session.execute(_JOB_OF_CLAIM, {"job_id": job_id}).one()
+    return project_id, system_name, config
 
 
 def claim_files(
@@ -96,60 +186,21 @@ def claim_files(
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
     writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
-    jobs = (
-        session.execute(
-            select(ImportJob.id)
-            .where(ImportJob.state == JobState.STARTED)
-            .order_by(ImportJob.claimed_at.is_not(None), ImportJob.claimed_at, ImportJob.started_at)
-            .limit(CLAIM_JOB_CANDIDATES)
-        )
-    ).scalars()
-    for job_id in jobs:
-        rows = (
-            session.execute(
-                select(ImportFile.id, ImportFile.leases)
-                .where(
-                    ImportFile.job_id == job_id,
-                    ImportFile.status == FileStatus.PENDING,
-                    or_(ImportFile.lease_expires_at.is_(None), ImportFile.lease_expires_at < now),
-                )
-                .order_by(ImportFile.position)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+    for job_id in session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all():
+        rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
             continue
-        session.execute(update(ImportJob).where(ImportJob.id == job_id).values(claimed_at=now))
+        session.execute(_CLAIM_MARK_JOB, {"job_id": job_id, "now": now})
         exhausted = [file_id for file_id, leases in rows if leases >= max_leases]
         if exhausted:
-            session.execute(
-                update(ImportFile)
-                .where(ImportFile.id.in_(exhausted))
-                .values(
-                    status=FileStatus.FAILED,
-                    code="interrupted",
-                    reason=interrupted_reason,
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
+            session.execute(_CLAIM_EXHAUSTED, {"ids": exhausted, "reason": interrupted_reason, "now": now})
         leased = [file_id for file_id, leases in rows if leases < max_leases]
-        files: list[ImportFile] = []
+        files: list[LeasedFile] = []
         if leased:
-            files = sorted(
-                (
-                    session.execute(
-                        update(ImportFile)
-                        .where(ImportFile.id.in_(leased))
-                        .values(lease_owner=owner, lease_expires_at=lease_until, leases=ImportFile.leases + 1)
-                        .returning(ImportFile),
-                        execution_options={"synchronize_session": False},
-                    )
-                ).scalars(),
-                key=lambda f: f.position,
+            returned = session.execute(
+                _CLAIM_LEASE, {"ids": leased, "owner": owner, "lease_until": lease_until}
             )
+            files = sorted((LeasedFile(*row) for row in returned), key=lambda f: f.position)
         return ClaimedFiles(job_id, files, len(exhausted))
     return None
 
@@ -238,8 +289,6 @@ def lock_pending_files(session: Session, file_ids: Sequence[int]) -> set[int]:
     return set(rows.scalars())
 
 
-_files = ImportFile.__table__
-assert isinstance(_files, Table)  # noqa: S101 - a declarative class maps a Table
 _RECORD_RESULT = (
     update(_files)
     .where(_files.c.id == bindparam("b_id"))

@@ -18,10 +18,8 @@ from fileimport.imports import repository
 from fileimport.imports.models import ImportJob
 from fileimport.imports.pipeline import FileImporter, JobContext
 from fileimport.imports.states import JobState
-from fileimport.media.models import MediaEntry
-from fileimport.media.repository import list_entries_by_keys
-from fileimport.projects.models import Project
-from fileimport.projects.service import project_config
+from fileimport.media.repository import KnownEntry, list_known_entries
+from fileimport.projects.config import ProjectConfig
 from fileimport.webhooks.service import schedule_delivery
 
 log = structlog.get_logger(__name__)
@@ -44,7 +42,7 @@ class ClaimedWork:
 
     claim: repository.ClaimedFiles
     ctx: JobContext
-    existing: dict[str, MediaEntry]
+    existing: dict[str, KnownEntry]
 
 
 def claim_work(
@@ -67,13 +65,10 @@ def claim_work(
     )
     if claim is None:
         return None
-    job = session.get(ImportJob, claim.job_id)
-    assert job is not None  # noqa: S101 - the claim just read it
-    project = session.get(Project, job.project_id)
-    assert project is not None  # noqa: S101 - foreign key
-    ctx = JobContext(job.id, job.project_id, job.system_name, project_config(project))
+    project_id, system_name, config = repository.job_of_claim(session, claim.job_id)
+    ctx = JobContext(claim.job_id, project_id, system_name, ProjectConfig.model_validate(config))
     keys = [f.external_id for f in claim.files]
-    existing = list_entries_by_keys(session, job.project_id, job.system_name, keys)
+    existing = list_known_entries(session, project_id, system_name, keys)
     return ClaimedWork(claim, ctx, existing)
 
 

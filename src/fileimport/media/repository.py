@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Table, bindparam, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -45,23 +47,45 @@ async def list_entries_by_ids(session: AsyncSession, project_id: int, ids: Seque
     return [by_id[i] for i in ids if i in by_id]
 
 
-def list_entries_by_keys(
+@dataclass(frozen=True)
+class KnownEntry:
+    """What a re-import needs of an entry already in the library: its origin's validators
+    (for a conditional request), its blob and its media type."""
+
+    external_id: str
+    media_type: str
+    asset_key: str
+    source_url: str
+    origin_etag: str | None
+    origin_last_modified: str | None
+
+
+_entries = cast(Table, MediaEntry.__table__)  # a declarative class maps a Table
+_KNOWN_ENTRIES = select(
+    _entries.c.external_id,
+    _entries.c.media_type,
+    _entries.c.asset_key,
+    _entries.c.source_url,
+    _entries.c.origin_etag,
+    _entries.c.origin_last_modified,
+).where(
+    _entries.c.project_id == bindparam("project_id"),
+    _entries.c.system_name == bindparam("system_name"),
+    _entries.c.external_id.in_(bindparam("external_ids", expanding=True)),
+)
+
+
+def list_known_entries(
     session: Session, project_id: int, system_name: str, external_ids: Sequence[str]
-) -> dict[str, MediaEntry]:
-    """Entries of one system by external id, for the ids given (one query, no lock).
+) -> dict[str, KnownEntry]:
+    """Entries of one system by external id, for the ids given (one query, no lock, plain rows).
 
     Sync: runs inside `Database.run_in_transaction` (or ``AsyncSession.run_sync``).
     """
     if not external_ids:
         return {}
-    rows = session.execute(
-        select(MediaEntry).where(
-            MediaEntry.project_id == project_id,
-            MediaEntry.system_name == system_name,
-            MediaEntry.external_id.in_(external_ids),
-        )
-    )
-    return {entry.external_id: entry for entry in rows.scalars()}
+    params = {"project_id": project_id, "system_name": system_name, "external_ids": list(external_ids)}
+    return {row.external_id: KnownEntry(*row) for row in session.execute(_KNOWN_ENTRIES, params)}
 
 
 async def count_references(session: AsyncSession, asset_keys: Sequence[str]) -> dict[str, int]:
