@@ -220,8 +220,13 @@ class Worker:
         failures = FailureBackoff("webhook.loop_failed")
         while True:
             try:
-                await deliver_due_webhooks(self.runtime, session)
+                # A read first: claiming takes a write transaction, which on
+                # SQLite queues for the lock that imports are using, and most
+                # rounds find nothing due.
                 wait = await seconds_until_next_delivery(self.runtime, settings.worker_poll_seconds)
+                if wait <= 0:
+                    await deliver_due_webhooks(self.runtime, session)
+                    wait = await seconds_until_next_delivery(self.runtime, settings.worker_poll_seconds)
                 failures.succeeded()
             except Exception:
                 failures.failed()

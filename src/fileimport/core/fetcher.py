@@ -337,14 +337,8 @@ class OriginFetcher:
             headers = conditional
             if authorization and _origin_key(url) == first_origin:
                 headers = {**conditional, "Authorization": authorization}
-            # Queueing behind other downloads from this origin is not the
-            # origin's slowness: the deadline clock stops while we wait.
-            loop = asyncio.get_running_loop()
-            remaining = (deadline.when() or math.inf) - loop.time()
-            deadline.reschedule(None)
-            async with self._origin_slot(_origin_key(url)):
-                started = loop.time()
-                deadline.reschedule(started + remaining)
+            async with self._origin_slot(_origin_key(url), deadline):
+                started = asyncio.get_running_loop().time()
                 response = await self._send(url, headers)
                 try:
                     if response.status not in REDIRECT_STATUSES:
@@ -379,8 +373,12 @@ class OriginFetcher:
             url = next_url
 
     @contextlib.asynccontextmanager
-    async def _origin_slot(self, key: tuple[str, str, int]) -> AsyncIterator[None]:
-        """Hold one of ``fetch_per_origin_concurrency`` slots for ``key``."""
+    async def _origin_slot(self, key: tuple[str, str, int], deadline: asyncio.Timeout) -> AsyncIterator[None]:
+        """Hold one of ``fetch_per_origin_concurrency`` slots for ``key``.
+
+        Queueing behind other downloads from this origin is not the origin's
+        slowness: ``deadline``'s clock stops while waiting for a slot.
+        """
         slot = self._origins.get(key)
         if slot is None:
             slot = self._origins[key] = _OriginSlot(
@@ -388,8 +386,19 @@ class OriginFetcher:
             )
         slot.users += 1
         try:
-            async with slot.semaphore:
+            when = deadline.when()
+            if slot.semaphore.locked() and when is not None:
+                loop = asyncio.get_running_loop()
+                remaining = when - loop.time()
+                deadline.reschedule(None)
+                await slot.semaphore.acquire()
+                deadline.reschedule(loop.time() + remaining)
+            else:  # free: taken without waiting (and without moving the deadline)
+                await slot.semaphore.acquire()
+            try:
                 yield
+            finally:
+                slot.semaphore.release()
         finally:
             slot.users -= 1
             if slot.users == 0:
@@ -497,7 +506,9 @@ class OriginFetcher:
                 f"over the limit of {max_bytes} bytes.",
             )
         expected = content_length if content_length is not None else max_bytes
-        deadline.reschedule(min(deadline.when() or math.inf, started + self._deadline_seconds(expected)))
+        by_size = started + self._deadline_seconds(expected)
+        if by_size < (deadline.when() or math.inf):
+            deadline.reschedule(by_size)
 
         decoder = _ContentDecoder(codings) if any(c != "identity" for c in codings) else None
         spool = _Spool(self._spool_dir)
