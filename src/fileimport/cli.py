@@ -275,6 +275,7 @@ def gc(
     from fileimport.media.tasks import delete_unreferenced_blobs
 
     settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)  # log lines to stderr, not into the summary
     min_age = parse_duration(older_than)
     if min_age < MIN_SAFE_BLOB_AGE and not no_imports_running:
         err.print(
@@ -291,7 +292,7 @@ def gc(
             await runtime.close()
 
     deleted = anyio.run(main)
-    err.print(f"deleted {deleted} unreferenced blob(s)")
+    print(f"deleted {deleted} unreferenced blob(s)")  # the command's result: stdout, for `gc > report`
 
 
 @app.command()
