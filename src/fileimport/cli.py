@@ -355,7 +355,9 @@ def migrate() -> None:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """``url`` with its password, in the user info or a ``password`` query parameter (libpq), as ``***``."""
+    url = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _load_config(path: Path) -> ProjectConfig:

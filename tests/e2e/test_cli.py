@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from tests.support.process import FILEIMPORT, cli, serve_process, service_env
 from tests.support.service import free_port
@@ -165,12 +166,24 @@ def test_tokens_are_listed_without_secrets_and_a_revoked_one_answers_401(tmp_pat
 UNREACHABLE_DATABASE = "postgresql://fileimport:s3cret-pw@127.0.0.1:1/fileimport"
 
 
-def test_production_serve_exits_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    """An orchestrator sees a failed start, not a process that is never ready."""
+@pytest.mark.parametrize(
+    ("database_url", "shown"),
+    [
+        (UNREACHABLE_DATABASE, "postgresql+psycopg://fileimport:***@127.0.0.1:1/fileimport"),
+        (
+            "postgresql://fileimport@127.0.0.1:1/fileimport?sslmode=disable&password=s3cret-pw",
+            "postgresql+psycopg://fileimport@127.0.0.1:1/fileimport?sslmode=disable&password=***",
+        ),
+    ],
+)
+def test_production_serve_exits_when_the_database_is_unreachable(
+    tmp_path: Path, database_url: str, shown: str
+) -> None:
+    """An orchestrator sees a failed start, not a process that is never ready; no password shown."""
     env = service_env(
         tmp_path / "var",
         FILEIMPORT_MODE="production",
-        FILEIMPORT_DATABASE_URL=UNREACHABLE_DATABASE,
+        FILEIMPORT_DATABASE_URL=database_url,
         FILEIMPORT_STORAGE_URL=(tmp_path / "blobs").as_uri(),
     )
     done = subprocess.run(
@@ -184,9 +197,7 @@ def test_production_serve_exits_when_the_database_is_unreachable(tmp_path: Path)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert (
-        "cannot reach the database at postgresql+psycopg://fileimport:***@127.0.0.1:1/fileimport" in lines[0]
-    )
+    assert f"cannot reach the database at {shown}: " in lines[0]
     assert "s3cret-pw" not in done.stderr + done.stdout
 
 
