@@ -27,6 +27,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,6 +91,47 @@ def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awa
         raise typer.Exit(1) from None
 
 
+DATABASE_CHECK_SECONDS = 10.0
+
+
+def _require_database(settings: Settings) -> None:
+    """Exit 1, with one line on stderr naming the database (password hidden), unless it answers.
+
+    For production mode: an orchestrator should see a start that failed, not
+    a process that is never ready. ``SELECT 1`` must answer within
+    `DATABASE_CHECK_SECONDS`.
+    """
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from fileimport.core.db import create_engine
+
+    url = settings.resolved_database_url
+
+    async def main() -> None:
+        engine = create_engine(url)
+        try:
+            with anyio.fail_after(DATABASE_CHECK_SECONDS):
+                async with engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        anyio.run(main)
+    except TimeoutError:
+        reason = f"no answer within {DATABASE_CHECK_SECONDS:g} seconds"
+    except (DBAPIError, OSError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    else:
+        return
+    err.print(
+        f"[red]cannot reach the database at {escape(_redact(url))}:[/red] {escape(reason)}", soft_wrap=True
+    )
+    raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -120,6 +162,8 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    if settings.mode == "production":
+        _require_database(settings)  # the embedded mode starts anyway; /readyz says what is missing
     workers = WorkerProcesses(worker_processes)
     try:
         uvicorn.run(
@@ -275,6 +319,7 @@ def gc(
     from fileimport.media.tasks import delete_unreferenced_blobs
 
     settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)  # log lines to stderr, not into the summary
     min_age = parse_duration(older_than)
     if min_age < MIN_SAFE_BLOB_AGE and not no_imports_running:
         err.print(
@@ -291,7 +336,7 @@ def gc(
             await runtime.close()
 
     deleted = anyio.run(main)
-    err.print(f"deleted {deleted} unreferenced blob(s)")
+    print(f"deleted {deleted} unreferenced blob(s)")  # the command's result: stdout, for `gc > report`
 
 
 @app.command()
@@ -310,7 +355,9 @@ def migrate() -> None:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """``url`` with its password, in the user info or a ``password`` query parameter (libpq), as ``***``."""
+    url = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _load_config(path: Path) -> ProjectConfig:

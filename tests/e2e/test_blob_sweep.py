@@ -49,7 +49,8 @@ async def test_sweep_deletes_only_old_unreferenced_blobs(tmp_path: Path, httpser
         assert stored_keys(data_dir) == {key[first], key[second], key[third]}
 
         env = service_env(data_dir)
-        cli(env, "gc", "--older-than", "1h")
+        # The summary is the command's output, on stdout (`fileimport gc > report`).
+        assert cli(env, "gc", "--older-than", "1h") == "deleted 0 unreferenced blob(s)\n"
         assert stored_keys(data_dir) == {key[first], key[second], key[third]}  # too young to go
         refused = subprocess.run(
             [*FILEIMPORT, "gc", "--older-than", "0s"], env=env, capture_output=True, text=True, check=False
@@ -57,7 +58,16 @@ async def test_sweep_deletes_only_old_unreferenced_blobs(tmp_path: Path, httpser
         assert refused.returncode == 2
         assert "import in progress" in refused.stderr
         assert stored_keys(data_dir) == {key[first], key[second], key[third]}
-        cli(env, "gc", "--older-than", "0s", "--no-imports-running")
+        swept = subprocess.run(
+            [*FILEIMPORT, "gc", "--older-than", "0s", "--no-imports-running"],
+            env={**env, "FILEIMPORT_LOG_LEVEL": "INFO"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert swept.returncode == 0, swept.stderr
+        assert swept.stdout == "deleted 1 unreferenced blob(s)\n"
+        assert "media.blob.deleted" in swept.stderr  # log lines stay on stderr
         assert stored_keys(data_dir) == {key[second], key[third]}
 
         for result in created["files"]:

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from tests.support.process import FILEIMPORT, cli, serve_process, service_env
+from tests.support.service import free_port
 
 CONFIG = """
 mediaTypes:
@@ -158,3 +160,50 @@ def test_tokens_are_listed_without_secrets_and_a_revoked_one_answers_401(tmp_pat
     assert "no such token" in again.stderr
     assert run(env, "token", "revoke", "1", "--project", "nope").returncode == 1
     assert len(cli(env, "token", "list", "--project", "newsroom").splitlines()) == 1
+
+
+# PostgreSQL on a closed loopback port: refused at once, no server involved.
+UNREACHABLE_DATABASE = "postgresql://fileimport:s3cret-pw@127.0.0.1:1/fileimport"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "shown"),
+    [
+        (UNREACHABLE_DATABASE, "postgresql+psycopg://fileimport:***@127.0.0.1:1/fileimport"),
+        (
+            "postgresql://fileimport@127.0.0.1:1/fileimport?sslmode=disable&password=s3cret-pw",
+            "postgresql+psycopg://fileimport@127.0.0.1:1/fileimport?sslmode=disable&password=***",
+        ),
+    ],
+)
+def test_production_serve_exits_when_the_database_is_unreachable(
+    tmp_path: Path, database_url: str, shown: str
+) -> None:
+    """An orchestrator sees a failed start, not a process that is never ready; no password shown."""
+    env = service_env(
+        tmp_path / "var",
+        FILEIMPORT_MODE="production",
+        FILEIMPORT_DATABASE_URL=database_url,
+        FILEIMPORT_STORAGE_URL=(tmp_path / "blobs").as_uri(),
+    )
+    done = subprocess.run(
+        [*FILEIMPORT, "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"cannot reach the database at {shown}: " in lines[0]
+    assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+def test_development_serve_starts_and_is_not_ready_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var", FILEIMPORT_DATABASE_URL=UNREACHABLE_DATABASE)
+    with serve_process(env, token="", args=["--no-worker"]) as service:
+        ready = httpx2.get(f"{service.base_url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert set(ready.json()["error_details"]) == {"database"}

@@ -250,22 +250,27 @@ async def test_blank_names_are_rejected_by_name(
     assert "whitespace" in details[path]
 
 
-@pytest.mark.parametrize(
-    ("file_name", "code_point"),
-    [
-        ("cat\u202egpj.exe", "U+202E"),
-        ("\u202aleft", "U+202A"),
-        ("a\u202db", "U+202D"),
-        ("a\u2066b\u2069", "U+2066"),
-        ("isolate\u2069", "U+2069"),
-        ("tab\there", "U+0009"),
-        ("new\nline", "U+000A"),
-        ("bell\x07", "U+0007"),
-        ("del\x7f", "U+007F"),
-        ("next\x85line", "U+0085"),
-        ("csi\x9b", "U+009B"),
-    ],
-)
+FORBIDDEN_IN_NAMES = [
+    ("cat\u202egpj.exe", "U+202E"),
+    ("\u202aleft", "U+202A"),
+    ("a\u202db", "U+202D"),
+    ("a\u2066b\u2069", "U+2066"),
+    ("isolate\u2069", "U+2069"),
+    ("tab\there", "U+0009"),
+    ("new\nline", "U+000A"),
+    ("bell\x07", "U+0007"),
+    ("del\x7f", "U+007F"),
+    ("next\x85line", "U+0085"),
+    ("csi\x9b", "U+009B"),
+    ("zero\u200bwidth", "U+200B"),
+    ("left\u200emark", "U+200E"),
+    ("right\u200fmark", "U+200F"),
+    ("arabic\u061cmark", "U+061C"),
+    ("\ufeffbom", "U+FEFF"),
+]
+
+
+@pytest.mark.parametrize(("file_name", "code_point"), FORBIDDEN_IN_NAMES)
 async def test_control_and_bidi_characters_in_file_names_are_rejected(
     service: RunningService, file_name: str, code_point: str
 ) -> None:
@@ -276,12 +281,24 @@ async def test_control_and_bidi_characters_in_file_names_are_rejected(
     assert code_point in details["files.1.fileName"]
 
 
+@pytest.mark.parametrize(("name", "code_point"), FORBIDDEN_IN_NAMES)
+async def test_control_and_invisible_characters_in_ids_are_rejected(
+    service: RunningService, name: str, code_point: str
+) -> None:
+    """An external id or system name that looks like another one ("a\u200bb" and "ab") is refused."""
+    files = [GOOD_FILE, dict(GOOD_FILE, id=name)]
+    details = error_details(await service.post_import(body(systemName=name, files=files)), 400)
+    assert set(details) == {"systemName", "files.1.id"}
+    assert code_point in details["systemName"]
+    assert code_point in details["files.1.id"]
+
+
 @ON_BOTH_DATABASES
 async def test_odd_but_valid_unicode_is_accepted(service: RunningService) -> None:
-    odd = "\u202ecat \U0001f408\u200d\u2b1b \ufeff e\u0301 \uffff"
-    title = odd.replace("\u202e", "\u200f")  # a file name refuses the override U+202E, not the mark U+200F
+    odd = "cat \U0001f408\u200d\u2b1b e\u0301 \uffff"
+    caption = "\u202e\u200f\ufeff" + odd  # metadata is not a name: it may hold the marks names refuse
     response = await service.post_import(
-        body(systemName=odd, files=[dict(GOOD_FILE, id=odd, fileName=title, metadata={"caption": odd})])
+        body(systemName=odd, files=[dict(GOOD_FILE, id=odd, fileName=odd, metadata={"caption": caption})])
     )
     assert response.status_code == 200, response.text
     status = await service.status(response.json()["id"])

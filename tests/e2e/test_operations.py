@@ -38,3 +38,15 @@ async def test_head_readyz_is_503_when_not_ready(tmp_path: Path) -> None:
         async with httpx2.AsyncClient(transport=transport, base_url="http://service") as client:
             ready = await client.head("/readyz")
     assert ready.status_code == 503
+
+
+async def test_readyz_is_503_when_the_storage_folder_refuses_writes(tmp_path: Path) -> None:
+    """A folder that looks writable to root but takes no new file (as a read-only mount or a full disk)."""
+    async with run_service(
+        tmp_path / "var", run_worker=False, storage_url=Path("/proc/self/fdinfo").as_uri()
+    ) as service:
+        ready = await service.client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    problems = ready.json()["error_details"]
+    assert set(problems) == {"storage"}
+    assert problems["storage"].startswith("the storage folder refuses writes: "), problems

@@ -366,6 +366,7 @@ CONFIG = ProjectConfig(
     )
 )
 MAX_BATCH_FILES = 3
+INVISIBLE_MARKS = "\u061c\u200b\u200e\u200f\ufeff"
 
 
 metadata_keys = st.sampled_from(
@@ -458,12 +459,15 @@ def test_validate_import_request_answers_any_json_body(data: Any) -> None:
             {
                 "url": http_urls(),
                 "id": st.sampled_from(["a", "b", "c"]),
-                # Any name the API accepts: not blank, no bidi embedding/override/isolate.
+                # Any name the API accepts: not blank, no bidi embedding/override/isolate, no invisible mark.
                 "fileName": st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=5)
                 .filter(str.strip)
                 .filter(
                     lambda name: (
-                        not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in name)
+                        not any(
+                            0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 or c in INVISIBLE_MARKS
+                            for c in name
+                        )
                     )
                 ),
                 "metadata": st.just({"title": "ok"}),

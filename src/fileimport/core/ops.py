@@ -18,6 +18,7 @@ from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
 from fileimport.core.http import add_get_and_head_route
 from fileimport.core.runtime import Runtime
+from fileimport.core.storage import StorageNotWritableError
 
 router = APIRouter(tags=["operations"])
 
@@ -49,6 +50,8 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
         problems["database"] = f"unreachable: {type(exc).__name__}"
     try:
         await runtime.storage.check()
+    except StorageNotWritableError as exc:
+        problems["storage"] = str(exc)
     except Exception as exc:
         problems["storage"] = f"unreachable: {type(exc).__name__}"
     if problems:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,7 @@ __all__ = [
     "BlobStorage",
     "ObjectStorage",
     "StorageError",
+    "StorageNotWritableError",
     "blob_key",
     "open_storage",
 ]
@@ -78,6 +80,10 @@ _CLIENT_OPTION_KEYS = frozenset(
 
 class StorageError(Exception):
     """The blob store could not be reached or refused an operation."""
+
+
+class StorageNotWritableError(StorageError):
+    """A local store's folder takes no new file: a read-only file system, a full disk, no permission."""
 
 
 class BlobNotFoundError(StorageError):
@@ -252,11 +258,35 @@ def _delete_local_if_before(path: Path, cutoff: float) -> bool:
     return True
 
 
+_PROBE_PREFIX = ".readyz-"
+"""Names of `_check_local_root`'s probe files (``.readyz-<pid>-<random>``) in the store's root folder.
+
+Blobs live under `BLOB_PREFIX` and sweeps list nothing else, so a probe that a
+killed process left behind is never taken for a blob (nor for a set-aside one).
+"""
+
+
 def _check_local_root(root: Path) -> None:
+    """Create, write and remove a probe file in ``root``.
+
+    ``os.access`` answers from the permission bits, which root always passes;
+    only a write shows a full disk, an exhausted quota, a folder root may not
+    write to or a file system that takes no new file. Raises `StorageError`
+    when ``root`` is missing, `StorageNotWritableError` (its message without
+    the server's path, for ``/readyz``) when the write fails.
+    """
     if not root.is_dir():
         raise StorageError(f"storage folder {str(root)!r} does not exist")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise StorageError(f"storage folder {str(root)!r} is not writable")
+    probe = root / f"{_PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    try:
+        with probe.open("xb", buffering=0) as file:
+            try:
+                file.write(b"ready\n")  # a full disk may still take an empty file, not a byte
+            finally:
+                probe.unlink()
+    except OSError as exc:
+        detail = exc.strerror or type(exc).__name__
+        raise StorageNotWritableError(f"the storage folder refuses writes: {detail}") from exc
 
 
 class ObjectStorage:
@@ -490,11 +520,12 @@ class ObjectStorage:
             raise _storage_error("list", prefix, exc) from exc
 
     async def check(self) -> None:
-        """Readiness probe: one listing request (and, for a local store, the folder).
+        """Readiness probe: one listing request (and, for a local store, a probe file written and removed).
 
         Raises `StorageError` when the store is unreachable, refuses the
         credentials, the bucket or folder is missing, or no answer comes within
-        ``check_timeout`` seconds.
+        ``check_timeout`` seconds; `StorageNotWritableError` when a local
+        store's folder takes no new file.
         """
         if self._local_root is not None:
             await anyio.to_thread.run_sync(_check_local_root, self._local_root)

@@ -15,11 +15,19 @@ from fileimport.imports.states import FileStatus, JobState
 
 MAX_CONTEXT_BYTES = 8192
 BLANK_MESSAGE = "must not be blank (only whitespace)"
-# C0 and C1 controls (Unicode category Cc) and the bidirectional embeddings,
-# overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a download name they
-# break headers and file systems, or show "cat\u202egpj.exe" as "catexe.jpg"
-# (CVE-2021-42574, "Trojan Source").
-_FILE_NAME_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (Unicode category Cc), the bidirectional embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069) and the invisible marks
+# (U+061C ALM, U+200B ZWSP, U+200E LRM, U+200F RLM, U+FEFF BOM): in a download
+# name they break headers and file systems, or show "cat\u202egpj.exe" as
+# "catexe.jpg" (CVE-2021-42574, "Trojan Source"); in an id they make two
+# different ids look the same.
+_INVISIBLE_CHARACTERS = "U+061C, U+200B, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF"
+_FORBIDDEN_CHARACTER = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+PRINTABLE_RULE = (
+    f"no control characters (Unicode Cc) and no invisible formatting characters ({_INVISIBLE_CHARACTERS})"
+)
 
 
 def not_blank(value: str) -> str:
@@ -29,12 +37,12 @@ def not_blank(value: str) -> str:
     return value
 
 
-def printable_file_name(value: str) -> str:
-    """``value`` unchanged; raises ValueError naming the first control or bidi formatting character."""
-    if found := _FILE_NAME_FORBIDDEN.search(value):
+def printable(value: str) -> str:
+    """``value`` unchanged; raises ValueError naming the first control or invisible formatting character."""
+    if found := _FORBIDDEN_CHARACTER.search(value):
         raise ValueError(
-            "must not contain control characters or bidirectional formatting characters "
-            f"(U+202A-U+202E, U+2066-U+2069); found U+{ord(found.group()):04X}"
+            "must not contain control characters or invisible formatting characters "
+            f"({_INVISIBLE_CHARACTERS}); found U+{ord(found.group()):04X}"
         )
     return value
 
@@ -64,16 +72,14 @@ class ImportFileSpec(BaseModel):
         min_length=1,
         max_length=255,
         pattern=NUL_FREE_PATTERN,
-        description="Stored as externalId; not only whitespace.",
+        description=f"Stored as externalId; not only whitespace, {PRINTABLE_RULE}.",
     )
     file_name: str = Field(
         alias="fileName",
         min_length=1,
         max_length=255,
         pattern=NUL_FREE_PATTERN,
-        description="The entry's title and the base of its download file name; not only whitespace, "
-        "no control characters (Unicode Cc) and no bidirectional formatting characters "
-        "(U+202A-U+202E, U+2066-U+2069).",
+        description=f"The entry's title and the base of its download file name; not only whitespace, {PRINTABLE_RULE}.",
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -89,7 +95,7 @@ class ImportFileSpec(BaseModel):
     )
 
     _not_blank = field_validator("id", "file_name")(not_blank)
-    _file_name_printable = field_validator("file_name")(printable_file_name)
+    _printable = field_validator("id", "file_name")(printable)
 
 
 # The reference's example request.
@@ -118,7 +124,7 @@ class ImportRequest(BaseModel):
         min_length=1,
         max_length=255,
         pattern=NUL_FREE_PATTERN,
-        description="Identifier of the system imported from; not only whitespace.",
+        description=f"Identifier of the system imported from; not only whitespace, {PRINTABLE_RULE}.",
     )
     webhook: HttpUrl | None = Field(default=None, description="Notified by POST when the job finishes.")
     context: dict[str, Any] | None = Field(
@@ -127,6 +133,7 @@ class ImportRequest(BaseModel):
     files: list[ImportFileSpec] = Field(min_length=1)
 
     _system_name_not_blank = field_validator("system_name")(not_blank)
+    _system_name_printable = field_validator("system_name")(printable)
 
     @field_validator("context")
     @classmethod

@@ -17,6 +17,7 @@ from fileimport.core.storage import (
     BlobStorage,
     ObjectStorage,
     StorageError,
+    StorageNotWritableError,
     blob_key,
     open_storage,
 )
@@ -349,6 +350,24 @@ async def test_local_check_fails_when_folder_is_gone(tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="does not exist"):
         await storage.check()
+
+
+async def test_local_check_fails_when_the_folder_refuses_writes() -> None:
+    # Root's os.access says this folder is writable, yet procfs creates no file in it,
+    # for root or anyone: as a read-only mount or a full disk, only a real write tells.
+    storage = open_storage(Path("/proc/self/fdinfo").as_uri())
+
+    with pytest.raises(StorageNotWritableError, match="refuses writes"):
+        await storage.check()
+
+
+async def test_local_check_leaves_nothing_in_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+
+    await storage.check()
+
+    assert list(root.iterdir()) == []
 
 
 def test_open_storage_file_url_creates_folder(tmp_path: Path) -> None:
