@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -23,6 +23,10 @@ pending files are all leased by live workers is passed over for the next."""
 IN_CHUNK = 500
 """Ids per ``IN (...)`` list: well under SQLite's and PostgreSQL's parameter limits."""
 
+_files = cast(Table, ImportFile.__table__)  # a declarative class maps a Table
+_jobs = cast(Table, ImportJob.__table__)
+_projects = cast(Table, Project.__table__)
+
 
 async def insert_files(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Insert a job's files in one statement (executemany)."""
@@ -37,11 +41,17 @@ async def get_job(session: AsyncSession, job_id: str, project_id: int | None = N
     return (await session.execute(query)).scalar_one_or_none()
 
 
+def _count_by_status(job_id: str) -> Select[FileStatus, int]:
+    return select(_files.c.status, func.count()).where(_files.c.job_id == job_id).group_by(_files.c.status)
+
+
 async def count_files_by_status(session: AsyncSession, job_id: str) -> dict[FileStatus, int]:
-    rows = await session.execute(
-        select(ImportFile.status, func.count()).where(ImportFile.job_id == job_id).group_by(ImportFile.status)
-    )
-    return {FileStatus(status): count for status, count in rows}
+    return {FileStatus(status): count for status, count in await session.execute(_count_by_status(job_id))}
+
+
+def count_files_by_status_sync(session: Session, job_id: str) -> dict[FileStatus, int]:
+    """`count_files_by_status` in a sync session (`Database.run_in_transaction`)."""
+    return {FileStatus(status): count for status, count in session.execute(_count_by_status(job_id))}
 
 
 FileResultRow = Row[str, FileStatus, str | None, str | None, str | None]
@@ -52,14 +62,20 @@ async def list_file_results(session: AsyncSession, job_id: str) -> Sequence[File
     """A job's files in batch order, their result columns only, as plain rows: no metadata
     JSON to decode and no ORM objects to build, 1000 times for the status of a 1000-file
     job (about 27 of its 34 ms went to loading ORM objects)."""
-    rows = await session.execute(
-        select(
-            ImportFile.external_id, ImportFile.status, ImportFile.media_id, ImportFile.code, ImportFile.reason
-        )
-        .where(ImportFile.job_id == job_id)
-        .order_by(ImportFile.position)
+    return (await session.execute(_file_results(job_id))).all()
+
+
+def list_file_results_sync(session: Session, job_id: str) -> Sequence[FileResultRow]:
+    """`list_file_results` in a sync session (`Database.run_in_transaction`)."""
+    return session.execute(_file_results(job_id)).all()
+
+
+def _file_results(job_id: str) -> Select[str, FileStatus, str | None, str | None, str | None]:
+    return (
+        select(_files.c.external_id, _files.c.status, _files.c.media_id, _files.c.code, _files.c.reason)
+        .where(_files.c.job_id == job_id)
+        .order_by(_files.c.position)
     )
-    return rows.all()
 
 
 @dataclass(frozen=True)
@@ -90,10 +106,6 @@ class ClaimedFiles:
     files: list[LeasedFile]
     exhausted: int
 
-
-_files = cast(Table, ImportFile.__table__)  # a declarative class maps a Table
-_jobs = cast(Table, ImportJob.__table__)
-_projects = cast(Table, Project.__table__)
 
 # A claim's statements, built once: Core on the tables (no ORM objects to
 # load or identity map to keep) with bound parameters, so that a claim does not
@@ -263,8 +275,19 @@ async def count_files_in_unfinished_jobs(session: AsyncSession, project_id: int)
 
 async def has_pending_files(session: AsyncSession, job_id: str) -> bool:
     """Whether any file of ``job_id`` still has no result (one index probe, whatever the job's size)."""
-    query = select(ImportFile.id).where(ImportFile.job_id == job_id, ImportFile.status == FileStatus.PENDING)
-    return (await session.execute(query.limit(1))).first() is not None
+    return (await session.execute(_HAS_PENDING, {"job_id": job_id})).first() is not None
+
+
+def has_pending_files_sync(session: Session, job_id: str) -> bool:
+    """`has_pending_files` in a sync session (`Database.run_in_transaction`)."""
+    return session.execute(_HAS_PENDING, {"job_id": job_id}).first() is not None
+
+
+_HAS_PENDING = (
+    select(_files.c.id)
+    .where(_files.c.job_id == bindparam("job_id"), _files.c.status == FileStatus.PENDING)
+    .limit(1)
+)
 
 
 async def get_idempotency_key(session: AsyncSession, project_id: int, key: str) -> IdempotencyKey | None:

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
 from fileimport.core.address_guard import BlockedAddressError, HostNotFoundError
@@ -74,7 +75,7 @@ def build_payload(job: ImportJob, files: Sequence[FileResultRow]) -> dict[str, A
 
 
 def schedule_delivery(
-    session: AsyncSession, job: ImportJob, files: Sequence[FileResultRow]
+    session: Session | AsyncSession, job: ImportJob, files: Sequence[FileResultRow]
 ) -> WebhookDelivery | None:
     """Add the job's webhook delivery, due now, to the session (None without a webhook URL)."""
     if not job.webhook_url:

@@ -11,7 +11,7 @@ import structlog
 from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
 from fileimport.webhooks import repository
-from fileimport.webhooks.models import DeliveryState
+from fileimport.webhooks.models import DeliveryState, WebhookDelivery
 from fileimport.webhooks.service import AttemptResult, attempt_delivery, record_attempt
 
 log = structlog.get_logger(__name__)
@@ -32,15 +32,13 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) 
     async with runtime.db.transaction() as session:
         due = await repository.claim_due_deliveries(session, now, lease_until, CLAIM_LIMIT)
         secrets = await repository.webhook_secrets(session, {d.project_id for d in due})
-        claimed = [(d.id, d.project_id) for d in due]
+    # The claimed rows, as read under the claim: pending, and leased to this
+    # worker until lease_until, so nobody else attempts or changes them meanwhile.
 
-    async def attempt(http_session: aiohttp.ClientSession, delivery_id: str, project_id: int) -> None:
-        async with runtime.db.reader() as read_session:
-            delivery = await repository.get_delivery(read_session, delivery_id)
-        if delivery is None or delivery.state != DeliveryState.PENDING:
-            return
+    async def attempt(http_session: aiohttp.ClientSession, delivery: WebhookDelivery) -> None:
+        delivery_id = delivery.id
         try:
-            result = await attempt_delivery(http_session, delivery, secrets[project_id])
+            result = await attempt_delivery(http_session, delivery, secrets[delivery.project_id])
         except Exception as exc:
             # Counted and retried like a network error: unrecorded, it would be
             # retried forever without a trace, and it must not cancel the
@@ -53,9 +51,9 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) 
                 record_attempt(stored, result, settings.webhook_retry_schedule, utcnow())
 
     async with anyio.create_task_group() as tg:
-        for delivery_id, project_id in claimed:
-            tg.start_soon(attempt, client, delivery_id, project_id)
-    return len(claimed)
+        for delivery in due:
+            tg.start_soon(attempt, client, delivery)
+    return len(due)
 
 
 async def seconds_until_next_delivery(runtime: Runtime, cap: float) -> float:
