@@ -105,6 +105,8 @@ def json_text_problems(data: Any) -> dict[str, str]:
 def _text_problem(text: str) -> str | None:
     if "\x00" in text:
         return NUL_MESSAGE
+    if text.isascii():  # no surrogate, and no encoded copy to make (most of a body's strings)
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -244,7 +246,7 @@ async def create_job(
                 "external_id": spec.id,
                 "url": spec.url,
                 "file_name": spec.file_name,
-                "metadata_": spec.metadata,
+                "metadata": spec.metadata,
                 "media_type": spec.media_type,
                 "status": FileStatus.PENDING,
                 "attempts": 0,
