@@ -29,6 +29,7 @@ from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
 from fileimport.core.processes import process_alive
 from fileimport.core.runtime import Runtime
+from fileimport.core.storage import StorageError
 from fileimport.imports import repository
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
@@ -110,7 +111,17 @@ class Worker:
         settings = self.runtime.settings
         guard = guard_from_settings(settings)
         removed = await anyio.to_thread.run_sync(remove_abandoned_spool_dirs, settings.spool_dir)
-        log.info("worker.started", owner=self.owner, abandoned_spool_files_removed=removed)
+        try:
+            parts = await self.runtime.storage.remove_abandoned_parts()
+        except StorageError:
+            log.exception("worker.parts_cleanup_failed")  # the next sweep tries again
+            parts = 0
+        log.info(
+            "worker.started",
+            owner=self.owner,
+            abandoned_spool_files_removed=removed,
+            abandoned_part_files_removed=parts,
+        )
         async with (
             OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
             ResultRecorder(self.runtime.db) as recorder,

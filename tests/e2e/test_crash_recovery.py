@@ -65,6 +65,11 @@ def test_killed_mid_job_then_restarted_finishes_exactly_once(
             service.process.kill()  # SIGKILL: no cleanup of any kind
             service.process.wait()
         assert not before["finished"], "the job finished before the kill; slow the origin down"
+        # A kill mid-batch leaves part files in the killed process's own folder;
+        # one is made sure of here. The restarted worker must remove them.
+        parts = list((data_dir / "blobs" / ".parts").glob(f"*-{service.process.pid}"))
+        assert parts, "the killed service stored no blob through its parts folder"
+        (parts[0] / "left-by-the-kill.0123456789ab").write_bytes(b"half a blob")
 
         with serve_process(env, token) as service:
             final = wait_status(service, job_id, lambda s: s["finished"], timeout=180)

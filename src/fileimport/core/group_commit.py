@@ -141,26 +141,24 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
-def part_name(target: Path) -> Path:
-    """Where a blob is written before its rename: ``.<name>.part-<pid>-<9 digits>`` beside it.
-
-    Listed under a key of its own, never the blob's: one left behind by a
-    killed process is swept like any unreferenced blob once it is old
-    enough. (Not ``<name>#<digits>``, obstore's own form, which its listings
-    leave out: nothing would ever remove such a file.)
-    """
-    return target.with_name(f".{target.name}.part-{os.getpid()}-{secrets.randbelow(10**9):09d}")
-
-
-def commit_writes(writes: Sequence[LocalWrite], flush: Flush | None) -> None:
+def commit_writes(writes: Sequence[LocalWrite], flush: Flush | None, parts: Path) -> None:
     """Place every blob of ``writes``, durably when ``flush`` is given; sets each one's ``error``.
 
-    Never raises for a blob's own failure (its ``error`` says it, and nothing
-    of it is left but, for a move, its ``source``); a failed flush is every
-    blob's error. On success a moved ``source`` is gone.
+    Bytes are written to part files in the folder ``parts`` (this process's
+    own, on the targets' file system: see `ObjectStorage`), then renamed to
+    their targets. Never raises for a blob's own failure (its ``error`` says
+    it, and nothing of it is left but, for a move, its ``source``); a failed
+    flush is every blob's error. On success a moved ``source`` is gone.
     """
+    if any(w.data is not None for w in writes):
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            for write in writes:
+                write.error = exc
+            return
     for write in writes:
-        _capture(write, _stage, write, flush is not None)
+        _capture(write, _stage, write, flush is not None, parts)
     staged = [w for w in writes if w._staged is not None]
     if flush is not None and staged:
         try:
@@ -194,7 +192,7 @@ def _fail(write: LocalWrite, exc: OSError) -> None:
     write._staged = None
 
 
-def _stage(write: LocalWrite, flushed: bool) -> None:
+def _stage(write: LocalWrite, flushed: bool, parts: Path) -> None:
     """Write the part file (or check the file to move); or refresh a blob already stored."""
     size = len(write.data) if write.data is not None else None
     if write.source is not None:
@@ -212,7 +210,7 @@ def _stage(write: LocalWrite, flushed: bool) -> None:
         write._staged = write.source
         return
     assert write.data is not None  # noqa: S101 - a LocalWrite has data or a source
-    part = part_name(write.target)
+    part = parts / f"{write.target.name}.{secrets.token_hex(6)}"
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     write._staged = part
     try:
@@ -252,14 +250,17 @@ class GroupCommit:
     """Runs `LocalWrite`s in batches: those that arrive while a batch runs form the next one.
 
     Each batch is one worker-thread hop (`commit_writes`) with one flush;
-    ``flush`` None writes without flushing. Bound to the event loop of its
-    first use; a new loop (a test's) gets a fresh queue. A caller cancelled
+    ``flush`` None writes without flushing. ``parts`` gives the folder for
+    part files (called per batch, so a forked process gets its own). Bound
+    to the event loop of its first use; a new loop (a test's) gets a fresh
+    queue. A caller cancelled
     while its blob is in a running batch is let go at once; the blob may
     still be placed (content-addressed blobs nobody references are swept).
     """
 
-    def __init__(self, flush: Flush | None) -> None:
+    def __init__(self, flush: Flush | None, parts: Callable[[], Path]) -> None:
         self._flush = flush
+        self._parts = parts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[tuple[LocalWrite, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -281,7 +282,7 @@ class GroupCommit:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 writes = [write for write, _ in batch]
                 try:
-                    await anyio.to_thread.run_sync(commit_writes, writes, self._flush)
+                    await anyio.to_thread.run_sync(commit_writes, writes, self._flush, self._parts())
                 except Exception as exc:  # a bug: the batch's callers get it, later batches go on
                     for _, done in batch:
                         if not done.done():

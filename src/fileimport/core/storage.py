@@ -13,6 +13,8 @@ import errno
 import os
 import re
 import secrets
+import shutil
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -160,6 +162,10 @@ class BlobStorage(Protocol):
         """Put back a blob that a sweep killed mid-deletion left aside (`is_set_aside` keys); True if so."""
         ...
 
+    async def remove_abandoned_parts(self) -> int:
+        """Remove part files that killed processes of this host left; how many (local stores only)."""
+        ...
+
     def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key starting with ``prefix`` (plain string prefix), in no set order."""
         ...
@@ -258,6 +264,25 @@ def _delete_local_if_before(path: Path, cutoff: float) -> bool:
     return True
 
 
+PARTS_FOLDER = ".parts"
+"""Folder under a local store's root for the part files of blobs being written (`ObjectStorage`)."""
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_abandoned_parts(parts_root: Path) -> int:
+    removed = 0
+    if not parts_root.is_dir():
+        return 0
+    for folder in parts_root.iterdir():
+        host, _, pid_text = folder.name.rpartition("-")
+        if host != _HOST or not pid_text.isdigit() or process_alive(int(pid_text)):
+            continue
+        removed += sum(1 for p in folder.iterdir() if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 _PROBE_PREFIX = ".readyz-"
 """Names of `_check_local_root`'s probe files (``.readyz-<pid>-<random>``) in the store's root folder.
 
@@ -331,7 +356,32 @@ class ObjectStorage:
         if isinstance(store, LocalStore):
             self._local_root = store.prefix or Path("/")
             flush = ((syncfs_flush(self._local_root) if syncfs else None) or Flush()) if fsync else None
-            self._commits = GroupCommit(flush)
+            self._commits = GroupCommit(flush, self._parts_folder)
+
+    def _parts_folder(self) -> Path:
+        """This process's folder for part files: ``<root>/.parts/<host>-<pid>``.
+
+        Beside the blobs (the same file system, for the rename) but outside
+        ``sha256/``, and one per process, so that `remove_abandoned_parts`
+        can drop what a killed process left without waiting for it to age.
+        """
+        assert self._local_root is not None  # noqa: S101 - local stores only
+        return self._local_root / PARTS_FOLDER / f"{_HOST}-{os.getpid()}"
+
+    async def remove_abandoned_parts(self) -> int:
+        """Remove the part-file folders of this host's processes that no longer run; files removed.
+
+        A process killed mid-batch leaves part files that no entry will ever
+        reference. Only this host's folders are looked at (the pid says
+        nothing of another host's processes); no-op for other stores.
+        Raises `StorageError`.
+        """
+        if self._local_root is None:
+            return 0
+        try:
+            return await anyio.to_thread.run_sync(_remove_abandoned_parts, self._local_root / PARTS_FOLDER)
+        except OSError as exc:
+            raise _storage_error("clean", PARTS_FOLDER, exc) from exc
 
     @property
     def local_root(self) -> Path | None:

@@ -9,8 +9,10 @@ import writes its blob again or refreshes its time of writing (see
 ``FileImporter._store``), so a blob that an import is about to reference is
 always younger than that, and the deletion itself re-checks the blob's age
 (``delete_if_written_before``) after the reference check, so an import that
-rewrites it meanwhile keeps it. The part file of a small blob whose writer
-was killed (see ``ObjectStorage.put_bytes``) is listed and swept the same way.
+rewrites it meanwhile keeps it. Part files that a killed writer left (see
+``ObjectStorage.remove_abandoned_parts``) go first, whatever their age; part
+files of the old layout (``.<name>.part-<pid>-<n>`` beside the blob) are
+listed and swept like blobs.
 ``older_than`` must exceed the longest time between an import storing its
 blob and committing its entry; the CLI refuses less than ten minutes unless
 told that no import is running.
@@ -36,7 +38,7 @@ async def delete_unreferenced_blobs(runtime: Runtime, older_than: timedelta) -> 
     """Delete blobs under ``sha256/`` that no media entry references and that are older
     than ``older_than``; returns how many were deleted. Raises StorageError."""
     cutoff = utcnow() - older_than
-    deleted = 0
+    deleted = await runtime.storage.remove_abandoned_parts()
     chunk: list[StoredBlob] = []
 
     async def sweep(blobs: list[StoredBlob]) -> int:

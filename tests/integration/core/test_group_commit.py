@@ -53,8 +53,15 @@ def _writes(root: Path, count: int) -> list[LocalWrite]:
     return writes
 
 
+def _parts(root: Path) -> Path:
+    return root / ".parts" / "this-process"
+
+
 def _stray_files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.startswith("."))
+    """Files that are neither a blob nor a test's own input: part files left behind."""
+    return sorted(
+        p.name for p in root.rglob("*") if p.is_file() and (".parts" in p.parts or p.name.startswith("."))
+    )
 
 
 def test_data_is_flushed_before_the_renames_and_the_names_after(tmp_path: Path) -> None:
@@ -65,7 +72,7 @@ def test_data_is_flushed_before_the_renames_and_the_names_after(tmp_path: Path) 
     flush = RecordingFlush()
     flush.targets = [w.target for w in writes]
 
-    commit_writes(writes, flush)
+    commit_writes(writes, flush, _parts(tmp_path))
 
     assert flush.calls == ["files:5", "folders:5"]
     assert flush.targets_present_at_files_flush == [False] * 5
@@ -81,7 +88,7 @@ def test_a_failed_data_flush_fails_the_whole_batch_and_leaves_nothing(tmp_path: 
     moved.write_bytes(b"a spooled download")
     writes.append(LocalWrite(tmp_path / "sha256" / "moved", source=moved))
 
-    commit_writes(writes, RecordingFlush(fail_files=True))
+    commit_writes(writes, RecordingFlush(fail_files=True), _parts(tmp_path))
 
     assert all(isinstance(w.error, OSError) and w.error.errno == errno.EIO for w in writes)
     assert not any(w.target.exists() for w in writes)
@@ -92,7 +99,7 @@ def test_a_failed_data_flush_fails_the_whole_batch_and_leaves_nothing(tmp_path: 
 def test_a_failed_folder_flush_is_every_blobs_error(tmp_path: Path) -> None:
     writes = _writes(tmp_path, 3)
 
-    commit_writes(writes, RecordingFlush(fail_folders=True))
+    commit_writes(writes, RecordingFlush(fail_folders=True), _parts(tmp_path))
 
     assert all(isinstance(w.error, OSError) for w in writes)
 
@@ -103,7 +110,7 @@ def test_one_blobs_failure_does_not_fail_the_others_of_its_batch(tmp_path: Path)
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where a folder must go")
 
-    commit_writes(writes, RecordingFlush())
+    commit_writes(writes, RecordingFlush(), _parts(tmp_path))
 
     assert writes[0].error is None
     assert isinstance(writes[1].error, OSError)
@@ -115,7 +122,7 @@ def test_one_blobs_failure_does_not_fail_the_others_of_its_batch(tmp_path: Path)
 
 async def test_concurrent_writes_share_batches(tmp_path: Path) -> None:
     flush = RecordingFlush()
-    commits = GroupCommit(flush)
+    commits = GroupCommit(flush, lambda: _parts(tmp_path))
     writes = _writes(tmp_path, 64)
 
     async with anyio.create_task_group() as tg:
@@ -129,7 +136,7 @@ async def test_concurrent_writes_share_batches(tmp_path: Path) -> None:
 
 
 async def test_a_blobs_error_reaches_its_caller_only(tmp_path: Path) -> None:
-    commits = GroupCommit(RecordingFlush())
+    commits = GroupCommit(RecordingFlush(), lambda: _parts(tmp_path))
     writes = _writes(tmp_path, 2)
     writes[0].target.parent.parent.mkdir(parents=True)
     writes[0].target.parent.write_text("a file where a folder must go")

@@ -16,7 +16,7 @@ import pytest
 
 from fileimport.core.runtime import open_runtime
 from fileimport.core.settings import Settings
-from fileimport.core.storage import blob_key, open_storage
+from fileimport.core.storage import PARTS_FOLDER, blob_key, open_storage
 from fileimport.media.tasks import delete_unreferenced_blobs
 from tests.support.service import migrate_async
 
@@ -129,3 +129,27 @@ async def test_a_blob_a_killed_sweep_left_aside_is_put_back_by_the_next_sweep(tm
         assert running_aside.exists()
     finally:
         await runtime.close()
+
+
+async def test_only_part_files_of_this_hosts_dead_processes_are_removed(tmp_path: Path) -> None:
+    storage = open_storage((tmp_path / "blobs").as_uri())
+    await storage.put_bytes(blob_key("cd" * 32), b"a blob")  # makes this process's parts folder
+    parts = tmp_path / "blobs" / PARTS_FOLDER
+    (mine,) = parts.iterdir()
+    host = mine.name.rpartition("-")[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = {
+        "killed": parts / f"{host}-{dead.pid}",
+        "running": parts / f"{host}-{os.getpid()}",
+        "other host": parts / f"elsewhere-{dead.pid}",
+    }
+    for folder in left.values():
+        folder.mkdir(exist_ok=True)
+        (folder / "x.0123456789ab").write_bytes(b"half a blob")
+
+    assert await storage.remove_abandoned_parts() == 1
+
+    assert not left["killed"].exists()
+    assert (left["running"] / "x.0123456789ab").exists()
+    assert (left["other host"] / "x.0123456789ab").exists()
