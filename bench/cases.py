@@ -149,7 +149,8 @@ class BackendBench:
             extra=settings.service_env,
         )
         # One file is one worker's work: (c) runs serve alone, so that its peak
-        # RSS is the whole service's and no idle worker process is counted.
+        # RSS is the whole service's and no idle worker process is counted;
+        # (d)'s POSTs go to serve alone too, with no worker at all.
         self.single_process_env = service_env(
             self.data_dir,
             settings.concurrency,
@@ -361,9 +362,10 @@ class BackendBench:
 
     def _post_latency(self, token: str) -> dict[str, Any]:
         # API only: with a worker, every POSTed 1000-file job would be imported
-        # at once and the figure would be the POST under import load.
+        # at once and the figure would be the POST under import load; so no
+        # worker process either (--no-worker keeps --worker-processes' ones).
         body = job_body("bench-d-post", self.origin, self.icons)
-        with serve(self.env, token, self.log_path, worker=False) as service:
+        with serve(self.single_process_env, token, self.log_path, worker=False) as service:
 
             def call() -> None:
                 response = service.post_job(body)
