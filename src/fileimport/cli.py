@@ -142,7 +142,12 @@ def serve(
     ] = 8000,
     no_worker: Annotated[
         bool,
-        typer.Option("--no-worker", envvar="FILEIMPORT_NO_WORKER", help="API only (FILEIMPORT_NO_WORKER)."),
+        typer.Option(
+            "--no-worker",
+            envvar="FILEIMPORT_NO_WORKER",
+            help="No worker in this process: it serves the API only; worker processes "
+            "asked for with --worker-processes still run (FILEIMPORT_NO_WORKER).",
+        ),
     ] = False,
     worker_processes: Annotated[
         int,
