@@ -105,6 +105,9 @@ class Worker:
         self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
         self.held: set[int] = set()
         self.claims = FailureBackoff("worker.claim_failed")
+        # The blob store refused a file (full, read-only, unreachable): claims
+        # wait, doubling up to 30 s, until a claim is imported again.
+        self.store = FailureBackoff("worker.store_failed")
 
     async def run(self) -> None:
         """Work until cancelled."""
@@ -139,6 +142,8 @@ class Worker:
         settings = self.runtime.settings
         idle = True
         while True:
+            if self.store.failures:
+                await anyio.sleep(self.store.wait(settings.worker_poll_seconds))
             while len(self.held) + self.claim_size <= self.max_held:
                 work = await self._claim(look_first=idle)
                 idle = work is None
@@ -192,10 +197,14 @@ class Worker:
         try:
             await import_claimed_files(self.runtime, importer, work)
             finished = True  # every file has its result, which cleared its lease
-        except Exception:
+            self.store.succeeded()
+        except Exception as exc:
             # A fault not tied to one file (database, storage): the leases are
             # handed back and the files taken up again by a later claim.
-            log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
+            if _caused_by(exc, StorageError):
+                self.store.failed()
+            else:
+                log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
         finally:
             if not finished:
                 # Shielded: on shutdown the import is cancelled, and the leases
@@ -251,6 +260,13 @@ class Worker:
                 await anyio.sleep(failures.wait(settings.worker_poll_seconds))
                 continue
             await self.runtime.dispatcher.wait(Topic.WEBHOOKS, max(wait, 0.05))
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc``, or one in it if it is a group (a task group's), is a ``kind``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(kind) is not None
+    return isinstance(exc, kind)
 
 
 def remove_abandoned_spool_dirs(spool_root: Path) -> int:

@@ -130,12 +130,11 @@ class FileImporter:
             bound.info("import.file.already_recorded")
             return FileStatus.PENDING, None  # the result is another worker's: none recorded here
         except StorageError as exc:
+            # Not this file's fault: a full disk, a read-only mount, the bucket
+            # unreachable. Failing the file would burn through the backlog in
+            # seconds; the worker hands the claim back and waits (`Worker`).
             bound.warning("import.file.not_stored", error=str(exc), cause=repr(exc.__cause__))
-            reason = (
-                f"The file was downloaded but the blob store refused it ({exc}); nothing changed in "
-                "the media library, and importing it again will retry."
-            )
-            return await self._record_failure(ctx, file, "storage_error", reason, attempts), "storage_error"
+            raise
         except Exception as exc:
             bound.exception("import.file.crashed")
             reason = f"Unexpected error while importing ({type(exc).__name__}); see the service log."
