@@ -27,7 +27,7 @@ from fileimport.core.address_guard import create_guarded_session, guard_from_set
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
-from fileimport.core.processes import process_alive
+from fileimport.core.processes import remove_folders_of_dead_processes
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import StorageError
 from fileimport.imports import repository
@@ -275,13 +275,9 @@ def remove_abandoned_spool_dirs(spool_root: Path) -> int:
     Only folders of this host's processes live under a local spool root, so a
     pid that does not exist means the worker died (killed, crashed) mid-download.
     """
-    removed = 0
-    if not spool_root.is_dir():
-        return 0
-    for folder in spool_root.iterdir():
-        pid_text = folder.name.split("-", 1)[0]
-        if not folder.is_dir() or not pid_text.isdigit() or process_alive(int(pid_text)):
-            continue
-        removed += sum(1 for p in folder.rglob("*") if p.is_file())
-        shutil.rmtree(folder, ignore_errors=True)
-    return removed
+
+    def pid_of(name: str) -> int | None:
+        pid = name.split("-", 1)[0]
+        return int(pid) if pid.isdigit() else None
+
+    return remove_folders_of_dead_processes(spool_root, pid_of)

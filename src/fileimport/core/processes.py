@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 
 def process_alive(pid: int) -> bool:
@@ -19,3 +22,21 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_folders_of_dead_processes(root: Path, pid_of: Callable[[str], int | None]) -> int:
+    """Delete the folders under ``root`` whose owner process no longer runs; returns files removed.
+
+    ``pid_of`` maps a folder's name to the pid of this host's process that
+    owns it, or None for a folder that is not such a one (left alone).
+    """
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for folder in root.iterdir():
+        pid = pid_of(folder.name)
+        if pid is None or not folder.is_dir() or process_alive(pid):
+            continue
+        removed += sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed

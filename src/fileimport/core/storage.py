@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import secrets
-import shutil
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
 from fileimport.core.group_commit import Flush, GroupCommit, LocalWrite, syncfs_flush
-from fileimport.core.processes import process_alive
+from fileimport.core.processes import process_alive, remove_folders_of_dead_processes
 
 if TYPE_CHECKING:  # types of obstore's stubs only
     from obstore import GetOptions, ObjectMeta
@@ -271,16 +270,11 @@ _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
 
 
 def _remove_abandoned_parts(parts_root: Path) -> int:
-    removed = 0
-    if not parts_root.is_dir():
-        return 0
-    for folder in parts_root.iterdir():
-        host, _, pid_text = folder.name.rpartition("-")
-        if host != _HOST or not pid_text.isdigit() or process_alive(int(pid_text)):
-            continue
-        removed += sum(1 for p in folder.iterdir() if p.is_file())
-        shutil.rmtree(folder, ignore_errors=True)
-    return removed
+    def pid_of(name: str) -> int | None:  # <host>-<pid>, this host's only
+        host, _, pid = name.rpartition("-")
+        return int(pid) if host == _HOST and pid.isdigit() else None
+
+    return remove_folders_of_dead_processes(parts_root, pid_of)
 
 
 _PROBE_PREFIX = ".readyz-"
