@@ -267,6 +267,11 @@ FORBIDDEN_IN_NAMES = [
     ("right\u200fmark", "U+200F"),
     ("arabic\u061cmark", "U+061C"),
     ("\ufeffbom", "U+FEFF"),
+    ("soft\xadhyphen", "U+00AD"),
+    ("mongolian\u180eseparator", "U+180E"),
+    ("line\u2028separator", "U+2028"),
+    ("paragraph\u2029separator", "U+2029"),
+    ("word\u2060joiner", "U+2060"),
 ]
 
 

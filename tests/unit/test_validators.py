@@ -366,7 +366,7 @@ CONFIG = ProjectConfig(
     )
 )
 MAX_BATCH_FILES = 3
-INVISIBLE_MARKS = "\u061c\u200b\u200e\u200f\ufeff"
+INVISIBLE_MARKS = "\xad\u061c\u180e\u200b\u200e\u200f\u2028\u2029\u2060\ufeff"
 
 
 metadata_keys = st.sampled_from(
