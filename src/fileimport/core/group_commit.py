@@ -59,7 +59,6 @@ class LocalWrite:
     content_addressed: bool = False
     error: OSError | None = field(default=None, init=False)
     _staged: Path | None = field(default=None, init=False)
-    _refreshed: bool = field(default=False, init=False)
 
 
 class Flush:
@@ -194,27 +193,28 @@ def _fail(write: LocalWrite, exc: OSError) -> None:
 
 def _stage(write: LocalWrite, flushed: bool, parts: Path) -> None:
     """Write the part file (or check the file to move); or refresh a blob already stored."""
-    size = len(write.data) if write.data is not None else None
+    data = write.data
     if write.source is not None:
         source_stat = os.lstat(write.source)
         if not stat.S_ISREG(source_stat.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(write.source))
         size = source_stat.st_size
-    if write.content_addressed and flushed and size is not None and _refresh_if_stored(write.target, size):
-        write._refreshed = True
+    else:
+        assert data is not None  # noqa: S101 - a LocalWrite has data or a source
+        size = len(data)
+    if write.content_addressed and flushed and _refresh_if_stored(write.target, size):
         if write.source is not None:
             write.source.unlink()
         return
     write.target.parent.mkdir(parents=True, exist_ok=True)
-    if write.source is not None:
+    if data is None:  # a file to move: it is its own part file
         write._staged = write.source
         return
-    assert write.data is not None  # noqa: S101 - a LocalWrite has data or a source
     part = parts / f"{write.target.name}.{secrets.token_hex(6)}"
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     write._staged = part
     try:
-        with memoryview(write.data) as view:
+        with memoryview(data) as view:
             written = 0
             while written < len(view):
                 written += os.write(fd, view[written:])
