@@ -63,6 +63,7 @@ EVENT_LOOP_STATES = [
     ("idle: waiting in epoll", ["epoll_pwait", "epoll_wait"]),
 ]
 STAGES = [
+    ("job finish (finish_jobs_if_done, in a claim's or the recorder's transaction)", ["finish_jobs_if_done"]),
     (
         "record results (the recorder's batch transactions, in a worker thread)",
         ["_write_batch", "ResultRecorder"],
@@ -73,10 +74,7 @@ STAGES = [
     ("per file: store the blob (exists + put_file)", ["FileImporter._store"]),
     ("per file: fetch (aiohttp, spool write, SHA-256)", ["OriginFetcher.fetch"]),
     ("per file: other pipeline code", ["FileImporter.import_file"]),
-    (
-        "claim start/job finish (import_claimed_files, finish_job_if_done)",
-        ["import_claimed_files", "finish_job_if_done"],
-    ),
+    ("claim start (import_claimed_files)", ["import_claimed_files"]),
     (
         "API requests (the bench's status GETs; auth, routing, JSON)",
         ["RequestResponseCycle", "import_status", "ServerErrorMiddleware"],

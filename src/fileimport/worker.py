@@ -31,6 +31,7 @@ from fileimport.core.processes import remove_folders_of_dead_processes
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import StorageError
 from fileimport.imports import repository
+from fileimport.imports.completion import announce_finished, finish_stranded_jobs
 from fileimport.imports.pipeline import FileImporter
 from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.tasks import ClaimedWork, claim_work, import_claimed_files
@@ -119,15 +120,22 @@ class Worker:
         except StorageError:
             log.exception("worker.parts_cleanup_failed")  # the next sweep tries again
             parts = 0
+        try:
+            stranded = await self.runtime.db.run_in_transaction(finish_stranded_jobs)
+        except Exception:
+            log.exception("worker.stranded_jobs_failed")  # the next start tries again
+            stranded = []
+        announce_finished(stranded, self.runtime.dispatcher)
         log.info(
             "worker.started",
             owner=self.owner,
             abandoned_spool_files_removed=removed,
             abandoned_part_files_removed=parts,
+            stranded_jobs_finished=len(stranded),
         )
         async with (
             OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
-            ResultRecorder(self.runtime.db) as recorder,
+            ResultRecorder(self.runtime.db, self.runtime.dispatcher) as recorder,
             create_guarded_session(guard, timeout_seconds=settings.webhook_timeout) as webhook_session,
             anyio.create_task_group() as tg,
         ):
@@ -152,6 +160,7 @@ class Worker:
                 claim = work.claim
                 if claim.exhausted:
                     log.warning("import.files.interrupted", job_id=claim.job_id, files=claim.exhausted)
+                announce_finished(work.finished, self.runtime.dispatcher)
                 ids = [f.id for f in claim.files]
                 self.held.update(ids)
                 tg.start_soon(self._run_claim, importer, work, ids)
@@ -195,7 +204,7 @@ class Worker:
         log.debug("import.files.leased", job_id=claim.job_id, files=len(ids), owner=self.owner)
         finished = False
         try:
-            await import_claimed_files(self.runtime, importer, work)
+            await import_claimed_files(importer, work)
             finished = True  # every file has its result, which cleared its lease
             self.store.succeeded()
         except Exception as exc:

@@ -106,3 +106,49 @@ def _webhook_secret(data_dir: Path) -> str:
     db = sqlite3.connect(data_dir / "fileimport.sqlite3")
     (secret,) = db.execute("SELECT webhook_secret FROM projects WHERE name='default'").fetchone()
     return str(secret)
+
+
+def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at_start(
+    tmp_path: Path, corpus_dir: Path, corpus_manifest: dict[str, dict[str, Any]], httpserver: HTTPServer
+) -> None:
+    """Versions before 2026-11-30 ended a job in a transaction after its last result's, and a
+    worker killed in between left the job ``started`` for ever: every file done, nothing to
+    claim, no webhook. Such a database is made here by hand; a started worker finishes the job."""
+    hooks: list[Request] = []
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(
+        lambda request: hooks.append(request) or Response("ok")
+    )
+    data_dir = tmp_path / "var"
+    env = service_env(data_dir)
+    token = prepare(env)
+    secret = _webhook_secret(data_dir)
+    icons = sorted(p for p in corpus_manifest if p.startswith("icons/"))[:3]
+
+    with serve_directory(corpus_dir) as origin, serve_process(env, token) as service:
+        files = [{"url": f"{origin}/{quote(p)}", "id": p, "fileName": "icon"} for p in icons]
+        batch = {"systemName": "stranded", "webhook": httpserver.url_for("/hook"), "files": files}
+        job_id = httpx2.post(
+            f"{service.base_url}/api/v1/import/files", json=batch, headers=service.headers, timeout=60
+        ).json()["id"]
+        wait_status(service, job_id, lambda s: s["finished"], timeout=60)
+        deadline = time.monotonic() + 30
+        while not hooks and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(hooks) == 1
+    hooks.clear()
+
+    with sqlite3.connect(data_dir / "fileimport.sqlite3") as db:  # the state the kill left
+        db.execute("UPDATE import_jobs SET state='started', finished_at=NULL WHERE id=?", (job_id,))
+        db.execute("DELETE FROM webhook_deliveries WHERE job_id=?", (job_id,))
+    with serve_process(env, token) as service:
+        final = wait_status(service, job_id, lambda s: s["finished"], timeout=30)
+        deadline = time.monotonic() + 30
+        while not hooks and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert final["state"] == "success"
+    assert final["finishedAt"] is not None
+    assert [f["status"] for f in final["files"]] == ["success"] * 3
+    assert len(hooks) == 1
+    payload = Webhook(secret).verify(hooks[0].get_data(), {k.lower(): v for k, v in hooks[0].headers.items()})
+    assert (payload["id"], payload["overview"]["success"]) == (job_id, 3)

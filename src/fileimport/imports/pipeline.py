@@ -297,7 +297,7 @@ class FileImporter:
             media_type=media_type.handle,
         )
         recorded = await self.recorder.record_import(
-            ctx.project_id, file.id, EntryImport(change, asset, origin), attempts
+            ctx.job_id, ctx.project_id, file.id, EntryImport(change, asset, origin), attempts
         )
         assert recorded.media_id is not None  # noqa: S101 - an import always names its entry
         return recorded.status, recorded.media_id, attempts
@@ -306,7 +306,7 @@ class FileImporter:
         self, ctx: JobContext, file: LeasedFile, code: str, reason: str, attempts: int
     ) -> FileStatus:
         try:
-            await self.recorder.record_failure(ctx.project_id, file.id, code, reason, attempts)
+            await self.recorder.record_failure(ctx.job_id, ctx.project_id, file.id, code, reason, attempts)
         except ResultAlreadyRecorded:
             log.info("import.file.already_recorded", job_id=ctx.job_id, external_id=file.external_id)
         return FileStatus.FAILED

@@ -8,7 +8,8 @@ SQLite's write lock queued every file behind the others), so results that
 are ready at the same time share one transaction: while one batch is being
 written, the next ones queue, and the next transaction takes all of them
 (up to ``max_batch``). A caller's ``record_*`` returns only once its result
-is committed.
+is committed. A job whose last pending file gets its result in a batch
+finishes in that batch's transaction (`fileimport.imports.completion`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import structlog
 from sqlalchemy.orm import Session
 
 from fileimport.core.db import Database, utcnow
+from fileimport.core.dispatch import Dispatcher
 from fileimport.imports import repository
+from fileimport.imports.completion import FinishedJob, announce_finished, finish_jobs_if_done
 from fileimport.imports.states import FileStatus
 from fileimport.media.service import EntryImport, UpsertAction, upsert_entries, upsert_entry
 
@@ -45,6 +48,7 @@ class RecordedResult:
 
 @dataclass
 class _Item:
+    job_id: str
     project_id: int
     file_id: int
     attempts: int
@@ -57,10 +61,14 @@ class _Item:
 
 
 class ResultRecorder:
-    """Writes file results in shared transactions; use as an async context manager."""
+    """Writes file results in shared transactions; use as an async context manager.
 
-    def __init__(self, db: Database, *, max_batch: int = 200) -> None:
+    ``dispatcher`` is woken for webhook deliveries when a batch finishes a job.
+    """
+
+    def __init__(self, db: Database, dispatcher: Dispatcher | None = None, *, max_batch: int = 200) -> None:
         self._db = db
+        self._dispatcher = dispatcher
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -79,19 +87,19 @@ class ResultRecorder:
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
     async def record_import(
-        self, project_id: int, file_id: int, entry_import: EntryImport, attempts: int
+        self, job_id: str, project_id: int, file_id: int, entry_import: EntryImport, attempts: int
     ) -> RecordedResult:
         """Apply the entry change and give the file ``success`` (or ``skipped`` when nothing changed).
 
         Raises ResultAlreadyRecorded when the file already had a result.
         """
-        return await self._submit(_Item(project_id, file_id, attempts, entry_import=entry_import))
+        return await self._submit(_Item(job_id, project_id, file_id, attempts, entry_import=entry_import))
 
     async def record_failure(
-        self, project_id: int, file_id: int, code: str, reason: str, attempts: int
+        self, job_id: str, project_id: int, file_id: int, code: str, reason: str, attempts: int
     ) -> RecordedResult:
         """Give the file ``failed`` with ``code`` and ``reason``; raises ResultAlreadyRecorded."""
-        return await self._submit(_Item(project_id, file_id, attempts, code=code, reason=reason))
+        return await self._submit(_Item(job_id, project_id, file_id, attempts, code=code, reason=reason))
 
     async def _submit(self, item: _Item) -> RecordedResult:
         if self._task_group is None:
@@ -121,9 +129,10 @@ class ResultRecorder:
 
     async def _write(self, batch: list[_Item], *, alone: bool = False) -> None:
         """Write ``batch`` in one transaction (in a worker thread), then settle each caller's future."""
-        resolved = await self._db.run_in_transaction(
+        resolved, finished = await self._db.run_in_transaction(
             lambda session: _write_batch(session, batch, alone=alone)
         )
+        announce_finished(finished, self._dispatcher)
         for item, result in resolved:
             if item.done.done():
                 continue
@@ -135,10 +144,11 @@ class ResultRecorder:
 
 def _write_batch(
     session: Session, batch: list[_Item], *, alone: bool
-) -> list[tuple[_Item, RecordedResult | None]]:
-    """The statements of one batch (sync, in `Database.run_in_transaction`); each item's result,
-    None for one that another worker finished first. ``alone`` (one item) uses ``upsert_entry``,
-    which resolves a key created concurrently by another worker itself."""
+) -> tuple[list[tuple[_Item, RecordedResult | None]], list[FinishedJob]]:
+    """The statements of one batch (sync, in `Database.run_in_transaction`): each item's result,
+    None for one that another worker finished first, and the jobs the batch finished. ``alone``
+    (one item) uses ``upsert_entry``, which resolves a key created concurrently by another
+    worker itself."""
     now = utcnow()
     resolved: list[tuple[_Item, RecordedResult | None]] = []
     pending = repository.lock_pending_files(session, [i.file_id for i in batch])
@@ -167,7 +177,8 @@ def _write_batch(
             rows.append(_row(item, FileStatus.FAILED, None, item.code, item.reason, now))
             resolved.append((item, RecordedResult(FileStatus.FAILED, None)))
     repository.record_file_results(session, rows)
-    return resolved
+    finished = finish_jobs_if_done(session, {i.job_id for i in live})
+    return resolved, finished
 
 
 def _row(

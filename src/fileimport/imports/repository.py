@@ -57,11 +57,6 @@ async def count_files_by_status(session: AsyncSession, job_id: str) -> dict[File
     return {FileStatus(status): count for status, count in await session.execute(_count_by_status(job_id))}
 
 
-def count_files_by_status_sync(session: Session, job_id: str) -> dict[FileStatus, int]:
-    """`count_files_by_status` in a sync session (`Database.run_in_transaction`)."""
-    return {FileStatus(status): count for status, count in session.execute(_count_by_status(job_id))}
-
-
 FileResultRow = Row[str, FileStatus, str | None, str | None, str | None]
 """``external_id``, ``status``, ``media_id``, ``code``, ``reason`` of one file (attribute access)."""
 
@@ -281,13 +276,9 @@ async def count_files_in_unfinished_jobs(session: AsyncSession, project_id: int)
     return int(total or 0)
 
 
-async def has_pending_files(session: AsyncSession, job_id: str) -> bool:
-    """Whether any file of ``job_id`` still has no result (one index probe, whatever the job's size)."""
-    return (await session.execute(_HAS_PENDING, {"job_id": job_id})).first() is not None
-
-
 def has_pending_files_sync(session: Session, job_id: str) -> bool:
-    """`has_pending_files` in a sync session (`Database.run_in_transaction`)."""
+    """Whether any file of ``job_id`` still has no result (one index probe, whatever the job's
+    size; sync, in `Database.run_in_transaction`)."""
     return session.execute(_HAS_PENDING, {"job_id": job_id}).first() is not None
 
 
@@ -296,6 +287,25 @@ _HAS_PENDING = (
     .where(_files.c.job_id == bindparam("job_id"), _files.c.status == FileStatus.PENDING)
     .limit(1)
 )
+
+_LOCK_STARTED_JOB = (
+    select(_jobs.c.id)
+    .where(_jobs.c.id == bindparam("job_id"), _jobs.c.state == JobState.STARTED)
+    .with_for_update()
+)
+
+
+def lock_started_job(session: Session, job_id: str) -> bool:
+    """Lock the job's row until the transaction ends (``FOR UPDATE``; SQLite's write lock is
+    already the whole database's); False when the job is gone or not ``started`` (sync)."""
+    return session.execute(_LOCK_STARTED_JOB, {"job_id": job_id}).first() is not None
+
+
+def started_jobs_without_pending_files(session: Session) -> list[str]:
+    """Ids of ``started`` jobs none of whose files is pending (sync)."""
+    pending = select(_files.c.id).where(_files.c.job_id == _jobs.c.id, _files.c.status == FileStatus.PENDING)
+    query = select(_jobs.c.id).where(_jobs.c.state == JobState.STARTED, ~pending.exists())
+    return list(session.execute(query).scalars())
 
 
 async def get_idempotency_key(session: AsyncSession, project_id: int, key: str) -> IdempotencyKey | None:

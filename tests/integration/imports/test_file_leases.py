@@ -69,7 +69,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
             OriginFetcher(settings, spool_dir=tmp_path / "spool") as fetcher,
             ResultRecorder(runtime.db) as recorder,
         ):
-            await import_claimed_files(runtime, FileImporter(runtime, fetcher, recorder), work)
+            await import_claimed_files(FileImporter(runtime, fetcher, recorder), work)
 
         async with runtime.db.transaction() as session:
             job = await repository.get_job(session, job_id)

@@ -7,16 +7,18 @@ import asyncio
 from sqlalchemy import func, select
 
 from fileimport.auth.service import Principal
-from fileimport.core.db import Database
+from fileimport.core.db import Database, utcnow
 from fileimport.imports import repository
-from fileimport.imports.models import ImportFile
+from fileimport.imports.completion import finish_jobs_if_done
+from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.recorder import ResultRecorder
 from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
-from fileimport.imports.states import FileStatus
+from fileimport.imports.states import FileStatus, JobState
 from fileimport.media.models import MediaEntry
 from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset, upsert_entry
 from fileimport.projects.service import create_project
+from fileimport.webhooks.models import WebhookDelivery
 
 SHA = "ab" * 32
 ASSET = StoredAsset(key=f"sha256/ab/ab/{SHA}", sha256=SHA, size=3, mime_type="image/png")
@@ -65,7 +67,7 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
                 batch = [
                     asyncio.create_task(
                         recorder.record_import(
-                            project.id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
+                            job_id, project.id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
                         )
                     )
                     for f in files
@@ -85,5 +87,60 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
             (FileStatus.SUCCESS, by_key["other-1"]),
             (FileStatus.SUCCESS, by_key["other-2"]),
         ]
+    finally:
+        await db.dispose()
+
+
+async def test_the_last_two_results_recorded_at_once_finish_the_job_once(database_url: str) -> None:
+    """Another transaction records one of a job's two files and holds its lock on the job; the
+    recorder's batch for the other file waits for it, then sees both results and finishes the
+    job with its webhook delivery in its own transaction. (Without the job's lock, on
+    PostgreSQL each would still see the other's file pending and neither would finish it.)"""
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            project = await create_project(session, "p")
+            request = ImportRequest.model_validate(
+                {
+                    "systemName": "s",
+                    "webhook": "http://127.0.0.1:9/hook",
+                    "files": [{"url": ORIGIN.url, "id": key, "fileName": "a"} for key in ("first", "last")],
+                }
+            )
+            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
+        async with db.reader() as session:
+            first, last = (
+                await session.scalars(
+                    select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+                )
+            ).all()
+
+        async with ResultRecorder(db) as recorder:
+            async with db.transaction() as other_worker:
+                row = {
+                    "id": first.id,
+                    "status": FileStatus.FAILED,
+                    "media_id": None,
+                    "code": "http_404",
+                    "reason": "gone",
+                    "attempts": 1,
+                    "finished_at": utcnow(),
+                }
+                await other_worker.run_sync(repository.record_file_results, [row])
+                assert await other_worker.run_sync(finish_jobs_if_done, [job_id]) == []  # "last" pends
+                recording = asyncio.create_task(
+                    recorder.record_failure(job_id, project.id, last.id, "http_404", "gone too", 1)
+                )
+                await asyncio.sleep(0.5)
+                assert not recording.done(), "the batch should wait for the other transaction"
+            result = await asyncio.wait_for(recording, 30)
+
+        assert result.status is FileStatus.FAILED
+        async with db.reader() as session:
+            job = await session.get_one(ImportJob, job_id)
+            deliveries = (await session.scalars(select(WebhookDelivery))).all()
+        assert (job.state, job.finished_at is not None) == (JobState.SUCCESS, True)
+        assert len(deliveries) == 1
+        assert '"failed":2' in deliveries[0].payload
     finally:
         await db.dispose()
