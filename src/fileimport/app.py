@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from fileimport import __version__
 from fileimport.core import ops
+from fileimport.core.dispatch import Topic
 from fileimport.core.errors import install_error_handlers
 from fileimport.core.runtime import open_runtime
 from fileimport.core.settings import Settings, get_settings
@@ -21,13 +22,21 @@ from fileimport.media import routes as media_routes
 from fileimport.worker import Worker
 
 
-def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
-    """The ASGI app; with ``run_worker`` the process also imports files and delivers webhooks."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_worker: bool = True,
+    wake_children: Callable[[Topic], None] | None = None,
+) -> FastAPI:
+    """The ASGI app; with ``run_worker`` the process also imports files and delivers webhooks.
+
+    ``wake_children`` wakes the worker processes started beside it when a job comes in.
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = open_runtime(settings)
+        runtime = open_runtime(settings, wake_children)
         app.state.runtime = runtime
         try:
             if run_worker:

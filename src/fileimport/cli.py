@@ -7,6 +7,7 @@ service settings come from ``FILEIMPORT_*`` variables (see the README).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from fileimport.auth.service import (
     list_tokens,
     revoke_token,
 )
+from fileimport.core.dispatch import Topic
 from fileimport.core.logging import configure_logging
 from fileimport.core.settings import Settings, get_settings
 from fileimport.projects.config import ProjectConfig
@@ -172,7 +174,7 @@ def serve(
     workers = WorkerProcesses(worker_processes)
     try:
         uvicorn.run(
-            create_app(settings, run_worker=not no_worker),
+            create_app(settings, run_worker=not no_worker, wake_children=workers.wake),
             host=host,
             port=port,
             log_level=settings.log_level.lower(),
@@ -182,6 +184,10 @@ def serve(
         )
     finally:
         workers.stop()
+
+
+WAKE_SIGNAL = signal.SIGUSR1
+"""Sent by ``serve`` to its worker processes when a job comes in."""
 
 
 class WorkerProcesses:
@@ -231,6 +237,16 @@ class WorkerProcesses:
             self._pause[slot] = min(pause * 2, self.MAX_PAUSE)
             log.info("worker.process.started", pid=self.children[slot].pid)
 
+    def wake(self, topic: Topic) -> None:
+        """Tell each worker process that a job came in (``SIGUSR1``), so that it claims files now
+        instead of at its next poll. Other topics are this process's own work."""
+        if topic is not Topic.IMPORTS:
+            return
+        for child in list(self.children):
+            # Popen.send_signal sends nothing to a child already reaped, whose pid may be reused.
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(WAKE_SIGNAL)
+
     def stop(self) -> None:
         """Stop replacing workers, then stop them all (see `_stop_processes`)."""
         with self._lock:
@@ -254,6 +270,9 @@ def _start_worker_process() -> subprocess.Popen[bytes]:
 
 
 def _die_with_parent(parent_pid: int) -> None:
+    # Ignored until the worker listens for it (ignoring survives exec): a job
+    # posted while the child is still starting must not kill it.
+    signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
     if sys.platform == "linux":
         import ctypes
 
@@ -293,8 +312,12 @@ def worker() -> None:
                 tg.start_soon(Worker(runtime).run)
                 # SIGTERM (what process managers send) stops the worker cleanly:
                 # running jobs are cancelled and their leases released at once.
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
+                # WAKE_SIGNAL: serve, whose child this is, took a new job.
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, WAKE_SIGNAL) as signals:
+                    async for signum in signals:
+                        if signum == WAKE_SIGNAL:
+                            runtime.dispatcher.wake(Topic.IMPORTS)
+                            continue
                         tg.cancel_scope.cancel()
                         break
         finally:

@@ -49,16 +49,19 @@ def wait_until(condition: object, timeout: float, what: str) -> None:
 
 
 class Serve:
-    """A running ``fileimport serve --worker-processes 1``, once both workers have started,
-    with its JSON log (both processes write it) in ``log_path``."""
+    """A running ``fileimport serve --worker-processes 1``, once its ``workers`` (its own and
+    the worker process's, or only the latter with ``--no-worker``) have started, with its JSON
+    log (both processes write it) in ``log_path``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], base_url: str, log_path: Path, *, workers: int = 2
+    ) -> None:
         self.process = process
         self.base_url = base_url
         self.log_path = log_path
         wait_until(lambda: len(children(self.process.pid)) == 1, 30, "no worker process started")
         self.worker_pid = children(self.process.pid)[0]
-        wait_until(lambda: len(self.owners("worker.started")) == 2, 30, "both workers should start")
+        wait_until(lambda: len(self.owners("worker.started")) == workers, 30, "the workers should start")
 
     def events(self) -> list[dict[str, object]]:
         return [
@@ -160,3 +163,51 @@ def test_a_worker_process_that_dies_is_replaced(served: tuple[Serve, str, str]) 
     wait_until(lambda: len(serve.owners("worker.started")) == 3, 30, "the new worker should start")
     exits = [e for e in serve.events() if e["event"] == "worker.process.exited"]
     assert [(e["pid"], e["returncode"]) for e in exits] == [(first, -signal.SIGKILL)]
+
+
+def test_a_new_job_wakes_the_worker_processes_at_once(tmp_path: Path) -> None:
+    """serve without its own worker and with a poll of 60 s: only the wake signal it sends its
+    worker process can start the job within seconds."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "a.png").write_bytes(png_bytes(8, 8))
+    env = service_env(
+        tmp_path / "var",
+        FILEIMPORT_WORKER_POLL_SECONDS="60",
+        FILEIMPORT_LOG_JSON="true",
+        FILEIMPORT_LOG_LEVEL="INFO",
+    )
+    token = prepare(env)
+    log_path = tmp_path / "serve.log"
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        serve_directory(root) as origin,
+        serve_process(
+            env, token, args=["--no-worker", "--worker-processes", "1"], log_path=log_path
+        ) as service,
+    ):
+        serve = Serve(service.process, service.base_url, log_path, workers=1)
+        try:
+            for round_ in range(2):  # the second job finds the worker idle in its long wait
+                response = httpx2.post(
+                    f"{serve.base_url}/api/v1/import/files",
+                    json={
+                        "systemName": "s",
+                        "files": [{"url": f"{origin}/a.png", "id": f"a{round_}", "fileName": "a"}],
+                    },
+                    headers=headers,
+                    timeout=30,
+                )
+                job_id = response.json()["id"]
+                started = time.monotonic()
+
+                def finished() -> bool:
+                    status = httpx2.get(
+                        f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
+                    ).json()
+                    return bool(status["finished"])
+
+                wait_until(finished, 20, "the job waited for the worker's poll")
+                assert time.monotonic() - started < 20
+        finally:
+            serve.close()

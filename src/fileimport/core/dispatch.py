@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol
 
@@ -24,20 +25,34 @@ class Dispatcher(Protocol):
     """Wakes workers for a topic after the work was committed."""
 
     def wake(self, topic: Topic) -> None:
-        """Signal that committed work for ``topic`` is waiting."""
+        """Signal that committed work for ``topic`` is waiting (to this process's worker)."""
+
+    def wake_all(self, topic: Topic) -> None:
+        """`wake`, and wake the worker processes this process started too (new work for all)."""
 
     async def wait(self, topic: Topic, seconds: float) -> None:
         """Return when woken for ``topic`` or after ``seconds``, whichever is first."""
 
 
 class InProcessDispatcher:
-    """Wakes the worker loops of this process through one asyncio.Event per topic."""
+    """Wakes the worker loops of this process through one asyncio.Event per topic.
 
-    def __init__(self) -> None:
+    ``wake_children`` (``serve --worker-processes``: signals its worker
+    processes) is called by `wake_all`; workers elsewhere find new work at
+    their next poll (``FILEIMPORT_WORKER_POLL_SECONDS``).
+    """
+
+    def __init__(self, wake_children: Callable[[Topic], None] | None = None) -> None:
         self._events = {topic: asyncio.Event() for topic in Topic}
+        self._wake_children = wake_children
 
     def wake(self, topic: Topic) -> None:
         self._events[topic].set()
+
+    def wake_all(self, topic: Topic) -> None:
+        self.wake(topic)
+        if self._wake_children is not None:
+            self._wake_children(topic)
 
     async def wait(self, topic: Topic, seconds: float) -> None:
         """Return when woken for ``topic`` or after ``seconds``, whichever is first."""

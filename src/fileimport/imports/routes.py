@@ -112,7 +112,7 @@ async def import_files(
         if earlier is None:
             raise
         return JobCreated(id=earlier)
-    runtime.dispatcher.wake(Topic.IMPORTS)
+    runtime.dispatcher.wake_all(Topic.IMPORTS)
     return JobCreated(id=job_id)
 
 
