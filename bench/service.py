@@ -241,10 +241,35 @@ def serve(env: Mapping[str, str], token: str, log_path: Path, *, worker: bool = 
             if time.monotonic() > deadline:
                 raise ServiceError("fileimport serve was not ready within 60 s")
             time.sleep(0.05)
+        _await_worker_processes(process.pid, int(env.get("FILEIMPORT_WORKER_PROCESSES") or 0), deadline)
         yield Service(process, base_url, token, client)
     finally:
         client.close()
         stop_process(process, signal.SIGTERM, 20)
+
+
+def _await_worker_processes(pid: int, count: int, deadline: float) -> None:
+    """Wait until ``serve`` (``pid``) has its ``count`` worker processes and they are done starting.
+
+    ``/readyz`` answers before the worker processes have imported their code
+    (about a second of CPU each): a job posted then is the in-process worker's
+    alone. A started worker idles between polls, so once the children's CPU
+    time grows by less than 20 ms in 0.25 s twice in a row, they are taken as started.
+    """
+    if count == 0:
+        return
+    quiet, last = 0, None
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"the {count} worker process(es) of fileimport serve did not start within 60 s"
+            )
+        children = process_tree(pid)[1:]
+        if len(children) >= count:
+            used = sum(sum(cpu_times(child)) for child in children)
+            quiet = quiet + 1 if last is not None and used - last < 0.02 else 0
+            last = used
+        time.sleep(0.25)
 
 
 def stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:

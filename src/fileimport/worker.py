@@ -27,6 +27,7 @@ from fileimport.core.address_guard import create_guarded_session, guard_from_set
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
+from fileimport.core.probe import load_decoders
 from fileimport.core.processes import remove_folders_of_dead_processes
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import StorageError
@@ -89,11 +90,12 @@ class Worker:
         self.owner = f"{socket.gethostname()[:200]}:{os.getpid()}:{new_id(nbytes=4)}"
         concurrency = runtime.settings.worker_concurrency
         # Files per claim: large enough that claims stay a small share of the
-        # work (each is a write transaction, a task group and a check whether
-        # the job is done: 16-file claims cost case (a) 1.77 ms of CPU per
-        # file, 64-file claims 1.45), small enough that workers sharing a job
-        # end it together and that a killed worker's files wait for their
-        # lease to expire in small numbers.
+        # work (each is a write transaction and a task group: 16-file claims
+        # cost case (a) 1.77 ms of CPU per file, 64-file claims 1.45, when each
+        # claim also read whether its job was done), small enough that workers
+        # sharing a job end it together and that a killed worker's files wait
+        # for their lease to expire in small numbers. A job smaller than a
+        # claim is shared (`repository.claim_files`).
         self.claim_size = CLAIM_SIZE_PER_SLOT * concurrency
         # Files leased at once: the claim being imported (its files beyond the
         # `concurrency` download slots wait for one) and the next claim, so
@@ -114,6 +116,7 @@ class Worker:
         """Work until cancelled."""
         settings = self.runtime.settings
         guard = guard_from_settings(settings)
+        await anyio.to_thread.run_sync(load_decoders)
         removed = await anyio.to_thread.run_sync(remove_abandoned_spool_dirs, settings.spool_dir)
         try:
             parts = await self.runtime.storage.remove_abandoned_parts()
@@ -139,7 +142,12 @@ class Worker:
             create_guarded_session(guard, timeout_seconds=settings.webhook_timeout) as webhook_session,
             anyio.create_task_group() as tg,
         ):
-            importer = FileImporter(self.runtime, fetcher, recorder)
+            importer = FileImporter(
+                self.runtime,
+                fetcher,
+                recorder,
+                on_slot_idle=partial(self.runtime.dispatcher.wake, Topic.IMPORTS),
+            )
             tg.start_soon(self._import_loop, importer, tg)
             tg.start_soon(self._lease_loop)
             tg.start_soon(self._webhook_loop, webhook_session)
@@ -164,6 +172,11 @@ class Worker:
                 ids = [f.id for f in claim.files]
                 self.held.update(ids)
                 tg.start_soon(self._run_claim, importer, work, ids)
+                if len(ids) < self.claim_size:
+                    # A small job or a job's tail (`repository.claim_files`): what
+                    # is left goes to other workers, or to this one once one of
+                    # its download slots is idle (the importer wakes this loop).
+                    break
             # After a failed claim, longer (a new job's wake-up still tries at once).
             await self.runtime.dispatcher.wait(Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds))
 
@@ -186,6 +199,7 @@ class Worker:
                         now=now,
                         lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
                         limit=self.claim_size,
+                        fill=settings.worker_concurrency,
                         max_leases=settings.file_max_leases,
                     )
                 )

@@ -201,7 +201,7 @@ def test_a_new_job_wakes_the_worker_processes_at_once(tmp_path: Path) -> None:
                 job_id = response.json()["id"]
                 started = time.monotonic()
 
-                def finished() -> bool:
+                def finished(job_id: str = job_id) -> bool:
                     status = httpx2.get(
                         f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
                     ).json()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -84,6 +85,8 @@ class FileImporter:
     file nor the commit (shared with other files, see ``ResultRecorder``)
     holds a download back. How many files are between their download and
     their result is bounded by the files a worker holds (`Worker`).
+    ``on_slot_idle`` is called when a download ends and fewer files than
+    there are slots are waiting for or holding one: time to claim more.
     """
 
     def __init__(
@@ -91,13 +94,17 @@ class FileImporter:
         runtime: Runtime,
         fetcher: OriginFetcher,
         recorder: ResultRecorder,
-        download_slots: asyncio.Semaphore | None = None,
+        *,
+        on_slot_idle: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.fetcher = fetcher
         self.recorder = recorder
+        self.slots = runtime.settings.worker_concurrency
         # asyncio's: anyio's Semaphore takes a trip round the event loop per acquire (fetcher.py).
-        self.download_slots = download_slots or asyncio.Semaphore(runtime.settings.worker_concurrency)
+        self.download_slots = asyncio.Semaphore(self.slots)
+        self.on_slot_idle = on_slot_idle
+        self.queued = 0  # files waiting for a download slot or holding one
 
     async def import_file(self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.
@@ -147,8 +154,14 @@ class FileImporter:
     ) -> tuple[FileStatus, str, int]:
         got: _Downloaded | None = None
         try:
-            async with self.download_slots:
-                got = await self._download(ctx, file, existing)
+            self.queued += 1
+            try:
+                async with self.download_slots:
+                    got = await self._download(ctx, file, existing)
+            finally:
+                self.queued -= 1
+                if self.queued < self.slots and self.on_slot_idle is not None:
+                    self.on_slot_idle()
             # Storing waits on the disk (fsync), not on the origin: the slot
             # already serves the next download (bench case (a): the fsyncs of
             # a small file and its folder took 13 ms of the 17 ms it held a slot).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -187,6 +188,7 @@ def claim_files(
     lease_until: datetime,
     limit: int,
     *,
+    fill: int,
     max_leases: int,
     interrupted_reason: str,
 ) -> ClaimedFiles | None:
@@ -195,6 +197,10 @@ def claim_files(
     The job is the one whose files were leased least recently (round robin,
     so every running job progresses); within it, files go in batch order. A
     file is free when it has no lease or its lease expired before ``now``.
+    When fewer than ``limit`` files are free, the claim takes half of them,
+    but at least ``fill`` (the claiming worker's download slots), and leaves
+    the rest to other workers: a small job is shared instead of going whole
+    to the first worker that looks.
     Each claim counts one lease per file; a file already leased
     ``max_leases`` times fails with code ``interrupted`` and
     ``interrupted_reason`` instead of being leased again. ``SKIP LOCKED``
@@ -205,6 +211,8 @@ def claim_files(
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
             continue
+        if len(rows) < limit:
+            rows = rows[: max(fill, math.ceil(len(rows) / 2))]
         session.execute(_CLAIM_MARK_JOB, {"job_id": job_id, "now": now})
         exhausted = [file_id for file_id, leases in rows if leases >= max_leases]
         if exhausted:

@@ -38,7 +38,14 @@ class ClaimedWork:
 
 
 def claim_work(
-    session: Session, *, owner: str, now: datetime, lease_until: datetime, limit: int, max_leases: int
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    fill: int,
+    max_leases: int,
 ) -> ClaimedWork | None:
     """`repository.claim_files`, plus the job's context and existing entries in the same
     transaction (and the job's end when the files it failed were its last); None when no file
@@ -53,6 +60,7 @@ def claim_work(
         now,
         lease_until,
         limit,
+        fill=fill,
         max_leases=max_leases,
         interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases),
     )

@@ -70,10 +70,19 @@ def new_file(job_id: str, position: int, **values: object) -> ImportFile:
     )
 
 
-async def claim(db: Database, owner: str, now: datetime, limit: int = 10) -> repository.ClaimedFiles | None:
+async def claim(
+    db: Database, owner: str, now: datetime, limit: int = 10, fill: int | None = None
+) -> repository.ClaimedFiles | None:
     return await db.run_in_transaction(
         lambda session: repository.claim_files(
-            session, owner, now, now + timedelta(seconds=30), limit, max_leases=3, interrupted_reason="gone"
+            session,
+            owner,
+            now,
+            now + timedelta(seconds=30),
+            limit,
+            fill=limit if fill is None else fill,
+            max_leases=3,
+            interrupted_reason="gone",
         )
     )
 
@@ -122,6 +131,25 @@ async def test_claims_go_round_robin_across_jobs_and_split_a_job_between_workers
         ("big", [2, 3]),
         ("big", [4, 5]),
     ]
+
+
+async def test_a_job_smaller_than_a_claim_is_shared_half_by_half_down_to_the_download_slots(
+    db: Database,
+) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all([new_file("j", i) for i in range(9)])
+
+    claims = [await claim(db, owner, now, limit=32, fill=2) for owner in ("w1", "w2", "w1", "w2")]
+    assert [(c.files[0].lease_owner, [f.position for f in c.files]) for c in claims if c] == [
+        ("w1", [0, 1, 2, 3, 4]),  # half of 9, rounded up
+        ("w2", [5, 6]),  # half of 4, which is also the 2 download slots
+        ("w1", [7, 8]),  # 2 left: a claim still fills the slots
+    ]
+    assert claims[3] is None
 
 
 async def test_a_file_leased_too_often_fails_as_interrupted_instead_of_being_leased_again(

@@ -59,6 +59,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
                 now=now,
                 lease_until=now + timedelta(seconds=30),
                 limit=10,
+                fill=10,
                 max_leases=settings.file_max_leases,
             )
         )
