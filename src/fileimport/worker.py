@@ -107,6 +107,11 @@ class Worker:
         # downloads of others sharing the data folder.
         self.spool_dir = runtime.settings.spool_dir / f"{os.getpid()}-{new_id(nbytes=4)}"
         self.held: set[int] = set()
+        # Set when a claim left files interrupted `file_max_leases` times, which
+        # only a worker holding nothing may take (`repository.claim_files`):
+        # no more claims until what is held is done. `alone`: importing one.
+        self.draining = False
+        self.alone = False
         self.claims = FailureBackoff("worker.claim_failed")
         # The blob store refused a file (full, read-only, unreachable): claims
         # wait, doubling up to 30 s, until a claim is imported again.
@@ -160,19 +165,33 @@ class Worker:
         while True:
             if self.store.failures:
                 await anyio.sleep(self.store.wait(settings.worker_poll_seconds))
-            while len(self.held) + self.claim_size <= self.max_held:
+            while (
+                len(self.held) + self.claim_size <= self.max_held
+                and not self.alone
+                and not (self.draining and self.held)
+            ):
                 work = await self._claim(look_first=idle)
                 idle = work is None
                 if work is None:
                     break
                 claim = work.claim
+                self.draining = claim.suspects
+                self.alone = claim.alone
                 if claim.exhausted:
                     log.warning("import.files.interrupted", job_id=claim.job_id, files=claim.exhausted)
+                if claim.alone:
+                    (suspect,) = claim.files
+                    log.warning(
+                        "import.file.alone",
+                        job_id=claim.job_id,
+                        external_id=suspect.external_id,
+                        leases=suspect.leases,
+                    )
                 announce_finished(work.finished, self.runtime.dispatcher)
                 ids = [f.id for f in claim.files]
                 self.held.update(ids)
                 tg.start_soon(self._run_claim, importer, work, ids)
-                if len(ids) < self.claim_size:
+                if len(ids) < self.claim_size or self.draining or self.alone:
                     # A small job or a job's tail (`repository.claim_files`): what
                     # is left goes to other workers, or to this one once one of
                     # its download slots is idle (the importer wakes this loop).
@@ -201,6 +220,7 @@ class Worker:
                         limit=self.claim_size,
                         fill=settings.worker_concurrency,
                         max_leases=settings.file_max_leases,
+                        alone_ok=not self.held,
                     )
                 )
         except Exception:
@@ -240,6 +260,8 @@ class Worker:
                     except Exception:
                         log.exception("import.files.release_failed", job_id=claim.job_id)
             self.held.difference_update(ids)
+            if claim.alone:
+                self.alone = False
             self.runtime.dispatcher.wake(Topic.IMPORTS)
 
     async def _lease_loop(self) -> None:

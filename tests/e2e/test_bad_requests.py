@@ -66,6 +66,27 @@ async def test_invalid_batches_name_every_problem(
     assert set(details) == paths
 
 
+@pytest.mark.parametrize(
+    ("webhook", "kind"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "a link-local"),
+        ("http://10.0.0.5:8080/hook", "a private"),
+        ("https://[fd00::1]/hook", "a unique-local"),
+        ("http://[::ffff:192.168.1.1]/hook", "a private"),
+    ],
+)
+async def test_a_webhook_to_an_address_the_guard_refuses_is_a_400_naming_it(
+    service: RunningService, webhook: str, kind: str
+) -> None:
+    """It could never be delivered; a host name is only resolved and checked at delivery."""
+    details = assert_error_shape(await service.post_import(body(webhook=webhook)), 400)
+    assert set(details) == {"webhook"}
+    assert f"is {kind} address" in details["webhook"]
+    assert "FILEIMPORT_FETCH_ALLOWED_NETWORKS" in details["webhook"]
+    # On a network the operator allowed (the tests' loopback), the same POST is taken.
+    assert (await service.post_import(body(webhook="http://127.0.0.1:9/hook"))).status_code == 200
+
+
 async def test_too_many_files_is_rejected(service: RunningService) -> None:
     files = [dict(GOOD_FILE, id=str(i)) for i in range(service.settings.max_batch_files + 1)]
     details = assert_error_shape(await service.post_import(body(files=files)), 400)

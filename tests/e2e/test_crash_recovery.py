@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
+from tests.support.images import png_bytes
 from tests.support.origin import serve_directory
 from tests.support.process import ServiceProcess, prepare, serve_process, service_env
 
@@ -152,3 +155,49 @@ def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at
     assert len(hooks) == 1
     payload = Webhook(secret).verify(hooks[0].get_data(), {k.lower(): v for k, v in hooks[0].headers.items()})
     assert (payload["id"], payload["overview"]["success"]) == (job_id, 3)
+
+
+def test_a_file_that_kills_its_worker_fails_alone_and_the_files_it_took_down_import(tmp_path: Path) -> None:
+    """A crash loop: every time a worker downloads poison.png, it dies (SIGKILL, as a crash in a
+    decoder would), taking the files it held with it. With FILE_MAX_LEASES=1 each of those is
+    then tried alone; poison.png kills its worker even alone and fails as interrupted, the
+    others import."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    names = ["poison.png"] + [f"{i:02d}.png" for i in range(11)]
+    for i, name in enumerate(names):
+        (root / name).write_bytes(png_bytes(8 + i, 8, noise=True, seed=i))
+    serve_pid: list[int] = []
+
+    def kill_the_worker(path: str) -> None:
+        if path == "/poison.png" and serve_pid:
+            for task in Path(f"/proc/{serve_pid[0]}/task").glob("*"):
+                for child in (task / "children").read_text().split():
+                    os.kill(int(child), signal.SIGKILL)
+
+    env = service_env(
+        tmp_path / "var",
+        FILEIMPORT_FILE_MAX_LEASES="1",
+        FILEIMPORT_WORKER_LEASE_SECONDS="1",
+        FILEIMPORT_WORKER_POLL_SECONDS="0.2",
+        FILEIMPORT_WORKER_CONCURRENCY="4",
+    )
+    token = prepare(env)
+    with (
+        serve_directory(root, delay=0.2, on_request=kill_the_worker) as origin,
+        serve_process(env, token, args=["--no-worker", "--worker-processes", "1"]) as service,
+    ):
+        serve_pid.append(service.process.pid)
+        files = [{"url": f"{origin}/{name}", "id": name, "fileName": name} for name in names]
+        job_id = httpx2.post(
+            f"{service.base_url}/api/v1/import/files",
+            json={"systemName": "loop", "files": files},
+            headers=service.headers,
+            timeout=30,
+        ).json()["id"]
+        final = wait_status(service, job_id, lambda s: s["finished"], timeout=90)
+
+    results = {f["externalId"]: f for f in final["files"]}
+    assert (results["poison.png"]["status"], results["poison.png"]["code"]) == ("failed", "interrupted")
+    assert "the last time alone in its worker" in results["poison.png"]["reason"]
+    assert {name: results[name]["status"] for name in names[1:]} == dict.fromkeys(names[1:], "success")

@@ -195,8 +195,18 @@ async def test_receiver_that_is_down_at_first_gets_the_webhook_once_up(
     assert_finished_payload(delivered.body, job_id)
 
 
-async def test_webhook_to_a_blocked_address_fails_without_connecting(tmp_path: Path) -> None:
+async def test_webhook_to_a_host_that_resolves_to_a_blocked_address_fails_without_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A literal blocked address is refused at POST (test_bad_requests); a name is checked when
+    the delivery resolves it."""
     connections = 0
+
+    async def to_loopback(host: str, port: int) -> list[str]:
+        assert host == "hooks.example.test"
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(address_guard, "system_resolver", to_loopback)
 
     async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
@@ -212,7 +222,7 @@ async def test_webhook_to_a_blocked_address_fails_without_connecting(tmp_path: P
                 tmp_path / "var", webhook_retry_schedule=SCHEDULE, fetch_allowed_networks="127.0.0.2/32"
             ) as service,
         ):
-            job_id = await start_job(service, files_origin, f"http://127.0.0.1:{port}/hook")
+            job_id = await start_job(service, files_origin, f"http://hooks.example.test:{port}/hook")
             status = await wait_for_webhook(service, job_id, "delivered", "failed")
     finally:
         listener.close()
@@ -221,7 +231,7 @@ async def test_webhook_to_a_blocked_address_fails_without_connecting(tmp_path: P
     assert [f["status"] for f in status["files"]] == ["success", "failed"]
     webhook = status["webhook"]
     assert (webhook["state"], webhook["attempts"]) == ("failed", 1), webhook
-    assert "127.0.0.1 is a loopback address" in webhook["lastError"]
+    assert "hooks.example.test resolves to 127.0.0.1, a loopback address" in webhook["lastError"]
     assert connections == 0
 
 

@@ -101,14 +101,19 @@ class LeasedFile:
 class ClaimedFiles:
     """Files of one job leased by one claim, in batch order.
 
-    ``files`` are to be imported; ``exhausted`` had been leased
-    ``max_leases`` times already without finishing and were given ``failed``
-    in the claiming transaction.
+    ``files`` are to be imported; ``exhausted`` had been leased more than
+    ``max_leases`` times without finishing, the last time alone, and were
+    given ``failed`` in the claiming transaction. ``alone``: ``files`` is one
+    file interrupted ``max_leases`` times, to be imported with nothing else
+    in its worker. ``suspects``: the job has such files, which a claim of
+    this busy worker left; it should finish what it holds and claim again.
     """
 
     job_id: str
     files: list[LeasedFile]
     exhausted: int
+    alone: bool = False
+    suspects: bool = False
 
 
 # A claim's statements, built once: Core on the tables (no ORM objects to
@@ -191,6 +196,7 @@ def claim_files(
     fill: int,
     max_leases: int,
     interrupted_reason: str,
+    alone_ok: bool = False,
 ) -> ClaimedFiles | None:
     """Lease up to ``limit`` pending files of one started job; None when no file is free.
 
@@ -201,9 +207,15 @@ def claim_files(
     but at least ``fill`` (the claiming worker's download slots), and leaves
     the rest to other workers: a small job is shared instead of going whole
     to the first worker that looks.
-    Each claim counts one lease per file; a file already leased
-    ``max_leases`` times fails with code ``interrupted`` and
-    ``interrupted_reason`` instead of being leased again. ``SKIP LOCKED``
+
+    Each claim counts one lease per file. A worker that dies (killed, out of
+    memory, a crash in a decoder) interrupts every file it held, not only the
+    one that killed it, so a file interrupted ``max_leases`` times is a
+    suspect, not a culprit: it is leased again only alone, to a worker that
+    holds nothing else (``alone_ok``; a busy worker learns of them from
+    ``ClaimedFiles.suspects``). One interrupted even then fails with
+    code ``interrupted`` and ``interrupted_reason`` instead of being leased
+    again; its neighbours, tried alone in turn, import. ``SKIP LOCKED``
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
     writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
@@ -211,20 +223,26 @@ def claim_files(
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
             continue
-        if len(rows) < limit:
-            rows = rows[: max(fill, math.ceil(len(rows) / 2))]
+        exhausted = [file_id for file_id, leases in rows if leases > max_leases]
+        suspects = [file_id for file_id, leases in rows if leases == max_leases]
+        leased = [file_id for file_id, leases in rows if leases < max_leases]
+        alone = alone_ok and bool(suspects)
+        if alone:
+            leased = suspects[:1]
+        elif len(rows) < limit:
+            leased = leased[: max(fill, math.ceil(len(leased) / 2))]
+        if not exhausted and not leased:  # only suspects, and this worker is busy
+            return ClaimedFiles(job_id, [], 0, suspects=True)
         session.execute(_CLAIM_MARK_JOB, {"job_id": job_id, "now": now})
-        exhausted = [file_id for file_id, leases in rows if leases >= max_leases]
         if exhausted:
             session.execute(_CLAIM_EXHAUSTED, {"ids": exhausted, "reason": interrupted_reason, "now": now})
-        leased = [file_id for file_id, leases in rows if leases < max_leases]
         files: list[LeasedFile] = []
         if leased:
             returned = session.execute(
                 _CLAIM_LEASE, {"ids": leased, "owner": owner, "lease_until": lease_until}
             )
             files = sorted((LeasedFile(*row) for row in returned), key=lambda f: f.position)
-        return ClaimedFiles(job_id, files, len(exhausted))
+        return ClaimedFiles(job_id, files, len(exhausted), alone, suspects=bool(suspects) and not alone)
     return None
 
 

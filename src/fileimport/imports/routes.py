@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fileimport.auth.dependencies import get_runtime, require_scope
 from fileimport.auth.service import SCOPE_WRITE, Principal
+from fileimport.core.address_guard import guard_from_settings
 from fileimport.core.dispatch import Topic
 from fileimport.core.errors import NUL_FREE_PATTERN, ValidationFailed, error_responses
 from fileimport.core.http import read_json_body, reject_repeated_query_parameters
@@ -87,6 +88,12 @@ async def import_files(
         import_request = service.validate_import_request(
             data, project_config(project), settings.max_batch_files
         )
+        if import_request.webhook is not None:
+            problem = service.webhook_address_problem(
+                str(import_request.webhook), guard_from_settings(settings)
+            )
+            if problem:
+                raise ValidationFailed({"webhook": problem})
         if idempotency_key:
             earlier = await service.find_idempotent_job(
                 session, principal, idempotency_key, fingerprint, settings.idempotency_ttl

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import Principal
+from fileimport.core.address_guard import AddressGuard, BlockedAddressError, parse_ip
 from fileimport.core.db import new_id, utcnow
 from fileimport.core.errors import (
     NUL_MESSAGE,
@@ -71,6 +73,25 @@ def validate_import_request(data: Any, config: ProjectConfig, max_batch_files: i
         raise ValidationFailed(dict(sorted(details.items(), key=lambda kv: _path_key(kv[0]))))
     assert request is not None  # noqa: S101 - no details means the model validated
     return request
+
+
+def webhook_address_problem(url: str | None, guard: AddressGuard) -> str | None:
+    """Why a job's ``webhook`` can never be delivered, when its host is an IP address that
+    ``guard`` refuses (``10.0.0.5``, ``[::1]``, ``169.254.169.254``); None otherwise.
+
+    Only literal addresses are checked here: a host name is resolved, and each
+    of its addresses checked, at every delivery attempt, since what it
+    resolves to may change (`fileimport.core.address_guard`).
+    """
+    host = urlsplit(url).hostname if url else None
+    address = parse_ip(host) if host else None
+    if address is None or guard.is_allowed_host(str(address)):
+        return None
+    try:
+        guard.check_address(address)
+    except BlockedAddressError as exc:
+        return f"cannot be delivered: {exc}"
+    return None
 
 
 def json_text_problems(data: Any) -> dict[str, str]:

@@ -15,9 +15,9 @@ from fileimport.media.repository import KnownEntry, list_known_entries
 from fileimport.projects.config import ProjectConfig
 
 INTERRUPTED_REASON = (
-    "The import of this file was started {leases} times and never finished: each time its "
-    "worker stopped (killed, crashed or lost the database) before recording a result; see the "
-    "service log."
+    "The import of this file was started {leases} times, the last time alone in its worker, and "
+    "never finished: each time its worker stopped (killed, crashed or lost the database) before "
+    "recording a result; see the service log."
 )
 
 
@@ -46,6 +46,7 @@ def claim_work(
     limit: int,
     fill: int,
     max_leases: int,
+    alone_ok: bool = False,
 ) -> ClaimedWork | None:
     """`repository.claim_files`, plus the job's context and existing entries in the same
     transaction (and the job's end when the files it failed were its last); None when no file
@@ -62,7 +63,8 @@ def claim_work(
         limit,
         fill=fill,
         max_leases=max_leases,
-        interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases),
+        interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases + 1),
+        alone_ok=alone_ok,
     )
     if claim is None:
         return None

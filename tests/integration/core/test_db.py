@@ -71,7 +71,13 @@ def new_file(job_id: str, position: int, **values: object) -> ImportFile:
 
 
 async def claim(
-    db: Database, owner: str, now: datetime, limit: int = 10, fill: int | None = None
+    db: Database,
+    owner: str,
+    now: datetime,
+    limit: int = 10,
+    fill: int | None = None,
+    *,
+    alone_ok: bool = False,
 ) -> repository.ClaimedFiles | None:
     return await db.run_in_transaction(
         lambda session: repository.claim_files(
@@ -83,6 +89,7 @@ async def claim(
             fill=limit if fill is None else fill,
             max_leases=3,
             interrupted_reason="gone",
+            alone_ok=alone_ok,
         )
     )
 
@@ -152,7 +159,35 @@ async def test_a_job_smaller_than_a_claim_is_shared_half_by_half_down_to_the_dow
     assert claims[3] is None
 
 
-async def test_a_file_leased_too_often_fails_as_interrupted_instead_of_being_leased_again(
+async def test_a_file_interrupted_max_leases_times_is_leased_again_only_alone_to_an_idle_worker(
+    db: Database,
+) -> None:
+    """A worker's death interrupts every file it held: each of them is a suspect, tried alone."""
+    project_id = await new_project_id(db)
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all([new_file("j", 0, leases=3), new_file("j", 1, leases=3), new_file("j", 2, leases=1)])
+
+    busy = await claim(db, "busy", now)  # a worker holding other files: not the suspects
+    assert busy is not None
+    assert ([(f.position, f.leases) for f in busy.files], busy.alone, busy.suspects) == (
+        [(2, 2)],
+        False,
+        True,
+    )
+    assert await claim(db, "busy", now) == repository.ClaimedFiles("j", [], 0, suspects=True)
+    idle = await claim(db, "idle", now, alone_ok=True)
+    assert idle is not None
+    assert ([(f.position, f.leases) for f in idle.files], idle.alone) == ([(0, 4)], True)
+    other = await claim(db, "idle-too", now, alone_ok=True)
+    assert other is not None
+    assert ([(f.position, f.leases) for f in other.files], other.alone) == ([(1, 4)], True)
+    assert await claim(db, "idle-3", now, alone_ok=True) is None
+
+
+async def test_a_file_interrupted_even_alone_fails_as_interrupted_instead_of_being_leased_again(
     db: Database,
 ) -> None:
     project_id = await new_project_id(db)
@@ -160,7 +195,7 @@ async def test_a_file_leased_too_often_fails_as_interrupted_instead_of_being_lea
     async with db.transaction() as session:
         session.add(new_job(project_id, "j", started_at=now))
         await session.flush()
-        session.add_all([new_file("j", 0, leases=3), new_file("j", 1, leases=2)])
+        session.add_all([new_file("j", 0, leases=4), new_file("j", 1, leases=2)])
 
     claimed = await claim(db, "me", now)
     assert claimed is not None

@@ -48,8 +48,8 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
                 }
             )
             job_id = await create_job(session, principal, request)
-            # Both files were leased twice (file_max_leases) and never finished.
-            await session.execute(update(ImportFile).where(ImportFile.job_id == job_id).values(leases=2))
+            # Both files were leased twice (file_max_leases), then once alone, and never finished.
+            await session.execute(update(ImportFile).where(ImportFile.job_id == job_id).values(leases=3))
 
         now = utcnow()
         work = await runtime.db.run_in_transaction(
@@ -79,7 +79,7 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
         assert job is not None
         assert job.state is JobState.SUCCESS
         assert [(f.status, f.code) for f in files] == [(FileStatus.FAILED, "interrupted")] * 2
-        assert all("started 2 times and never finished" in (f.reason or "") for f in files)
+        assert all("started 3 times, the last time alone in its worker" in (f.reason or "") for f in files)
         assert delivery is not None
         assert '"code":"interrupted"' in delivery.payload
     finally:
