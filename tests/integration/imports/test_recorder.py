@@ -144,3 +144,52 @@ async def test_the_last_two_results_recorded_at_once_finish_the_job_once(databas
         assert '"failed":2' in deliveries[0].payload
     finally:
         await db.dispose()
+
+
+async def test_a_job_s_files_are_stored_as_posted_whatever_their_characters(database_url: str) -> None:
+    """PostgreSQL takes a job's files by COPY, whose text format escapes tabs, newlines and
+    backslashes: every field must come back as it was posted."""
+    name = "back\\slash \\N 'quote' \"dq\" ünï 😀 ,;|"  # ids and names refuse control characters
+    text = "tab\there\nnew line\r " + name
+    files = [
+        {
+            "url": f"http://127.0.0.1:9/{i}.png?q=a%09b",
+            "id": f"{name}-{i}",
+            "fileName": name,
+            "metadata": {"caption": text, "nested": {"list": [1, 2.5, None, True, "\\N"]}},
+            **({"mediaType": "image"} if i % 2 else {}),
+        }
+        for i in range(3)
+    ]
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            project = await create_project(session, "p")
+            request = ImportRequest.model_validate({"systemName": "s", "files": files})
+            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
+        async with db.reader() as session:
+            stored = (
+                await session.scalars(
+                    select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+                )
+            ).all()
+    finally:
+        await db.dispose()
+
+    assert [
+        (
+            f.position,
+            f.url,
+            f.external_id,
+            f.file_name,
+            f.metadata_,
+            f.media_type,
+            f.status,
+            f.attempts,
+            f.leases,
+        )
+        for f in stored
+    ] == [
+        (i, p["url"], p["id"], p["fileName"], p["metadata"], p.get("mediaType"), FileStatus.PENDING, 0, 0)
+        for i, p in enumerate(files)
+    ]
