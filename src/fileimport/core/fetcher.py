@@ -49,6 +49,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -551,7 +552,7 @@ class OriginFetcher:
                         for piece in decoder.decode(raw):
                             take(piece)
                     if pending_bytes >= chunk_bytes and size > HEAD_BYTES:
-                        await anyio.to_thread.run_sync(spool.write, pending)
+                        await spool.write_async(pending)
                         pending, pending_bytes = [], 0
                 if decoder is not None:
                     for piece in decoder.flush():
@@ -631,10 +632,12 @@ class OriginFetcher:
 class _Spool:
     """A spool file created on first write (in a worker thread), so a small body costs one hop.
 
-    The SHA-256 is updated in the same thread as the write (hashlib releases
-    the GIL), so neither hashing nor writing holds up the event loop; the
-    download waits for each write before it reads on (at most
-    ``fetch_chunk_bytes`` are in memory).
+    Neither hashing nor writing runs on the event loop: a streamed body's
+    pieces are hashed in one worker thread while another writes them
+    (`write_async`; hashlib and file writes release the GIL, so the two use
+    two cores), the last pieces in one thread (`finish`). The download
+    waits for each write before it reads on (at most ``fetch_chunk_bytes``
+    are in memory).
 
     Every `WRITEBACK_BYTES` written, the kernel is asked to start writing the
     finished stretch to disk (``posix_fadvise(POSIX_FADV_DONTNEED)``, which on
@@ -667,10 +670,24 @@ class _Spool:
             self._opened = (os.fdopen(fd, "wb"), Path(name))
         return self._opened
 
-    def write(self, pieces: list[bytes]) -> None:
-        file = self._open()[0]
+    async def write_async(self, pieces: list[bytes]) -> None:
+        """`write`, with the SHA-256 computed in a second thread while the first one writes
+        (both release the GIL): a large body's hash no longer adds to its writing time."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(anyio.to_thread.run_sync, self._hash, pieces))
+            await anyio.to_thread.run_sync(self._write_file, pieces)
+
+    def _hash(self, pieces: list[bytes]) -> None:
         for piece in pieces:
             self._digest.update(piece)
+
+    def write(self, pieces: list[bytes]) -> None:
+        self._hash(pieces)
+        self._write_file(pieces)
+
+    def _write_file(self, pieces: list[bytes]) -> None:
+        file = self._open()[0]
+        for piece in pieces:
             file.write(piece)
             self._written += len(piece)
         if self._written - self._written_back >= WRITEBACK_BYTES and _START_WRITEBACK is not None:
