@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from psycopg.types.json import Json
 from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,6 +64,8 @@ async def insert_files(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 async def _copy_files(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
     """``COPY import_files (FILE_COLUMNS) FROM STDIN`` on a psycopg ``AsyncConnection``; its
     adapters turn each value into PostgreSQL's text form (no SQL is composed from the values)."""
+    from psycopg.types.json import Json  # here: importing psycopg costs SQLite's service 9 MB
+
     statement = f"COPY {_files.name} ({', '.join(FILE_COLUMNS)}) FROM STDIN"
     async with connection.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
