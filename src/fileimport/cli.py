@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -163,6 +165,7 @@ def serve(
     ] = 0,
 ) -> None:
     """Serve the API and, unless --no-worker, an in-process worker (plus --worker-processes more)."""
+    metrics_dir = _share_metrics_with_children() if worker_processes else None
     import uvicorn
 
     from fileimport.app import create_app
@@ -172,6 +175,10 @@ def serve(
     if settings.mode == "production":
         _require_database(settings)  # the embedded mode starts anyway; /readyz says what is missing
     workers = WorkerProcesses(worker_processes)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under
+    # the handler it found; the default one would end the process there, before
+    # `finally` stops the worker processes and removes the metrics folder.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         uvicorn.run(
             create_app(settings, run_worker=not no_worker, wake_children=workers.wake),
@@ -184,6 +191,28 @@ def serve(
         )
     finally:
         workers.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> NoReturn:
+    """A SIGTERM handler: leave through ``SystemExit(0)``, running ``finally`` blocks on the way."""
+    raise SystemExit(0)
+
+
+def _share_metrics_with_children() -> Path | None:
+    """Turn on prometheus_client's multiprocess mode for ``serve`` and the worker processes it
+    starts (which inherit ``PROMETHEUS_MULTIPROC_DIR``), so that ``/metrics`` counts what they
+    import too: each process writes its metrics to files in a fresh folder, removed at exit.
+
+    Must run before ``prometheus_client`` is imported. None when the variable was set
+    already: the operator's folder is used, and kept.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="fileimport-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
 
 
 WAKE_SIGNAL = signal.SIGUSR1

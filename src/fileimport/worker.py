@@ -141,23 +141,28 @@ class Worker:
             abandoned_part_files_removed=parts,
             stranded_jobs_finished=len(stranded),
         )
-        async with (
-            OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
-            ResultRecorder(self.runtime.db, self.runtime.dispatcher) as recorder,
-            create_guarded_session(guard, timeout_seconds=settings.webhook_timeout) as webhook_session,
-            anyio.create_task_group() as tg,
-        ):
-            importer = FileImporter(
-                self.runtime,
-                fetcher,
-                recorder,
-                on_slot_idle=partial(self.runtime.dispatcher.wake, Topic.IMPORTS),
-            )
-            tg.start_soon(self._import_loop, importer, tg)
-            tg.start_soon(self._lease_loop)
-            tg.start_soon(self._webhook_loop, webhook_session)
-            tg.start_soon(self._blob_sweep_loop)
-        await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
+        try:
+            async with (
+                OriginFetcher(settings, guard=guard, spool_dir=self.spool_dir) as fetcher,
+                ResultRecorder(self.runtime.db, self.runtime.dispatcher) as recorder,
+                create_guarded_session(guard, timeout_seconds=settings.webhook_timeout) as webhook_session,
+                anyio.create_task_group() as tg,
+            ):
+                importer = FileImporter(
+                    self.runtime,
+                    fetcher,
+                    recorder,
+                    on_slot_idle=partial(self.runtime.dispatcher.wake, Topic.IMPORTS),
+                )
+                tg.start_soon(self._import_loop, importer, tg)
+                tg.start_soon(self._lease_loop)
+                tg.start_soon(self._webhook_loop, webhook_session)
+                tg.start_soon(self._blob_sweep_loop)
+        finally:
+            # Shielded: a worker stops by being cancelled (SIGTERM), and its spool
+            # folder would otherwise stay behind until this pid's next start.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
 
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
         settings = self.runtime.settings

@@ -38,6 +38,13 @@ def wait_status(service: ServiceProcess, job_id: str, until: Any, timeout: float
         time.sleep(0.05)
 
 
+def wait_for_webhooks(hooks: list[Request], timeout: float = 30.0) -> None:
+    """Until a webhook has arrived in ``hooks`` (the test's receiver appends), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not hooks and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_killed_mid_job_then_restarted_finishes_exactly_once(
     tmp_path: Path, corpus_dir: Path, corpus_manifest: dict[str, dict[str, Any]], httpserver: HTTPServer
 ) -> None:
@@ -76,9 +83,7 @@ def test_killed_mid_job_then_restarted_finishes_exactly_once(
 
         with serve_process(env, token) as service:
             final = wait_status(service, job_id, lambda s: s["finished"], timeout=180)
-            deadline = time.monotonic() + 30
-            while not hooks and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_for_webhooks(hooks)
 
     assert final["state"] == "success"
     results = final["files"]
@@ -118,9 +123,12 @@ def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at
     worker killed in between left the job ``started`` for ever: every file done, nothing to
     claim, no webhook. Such a database is made here by hand; a started worker finishes the job."""
     hooks: list[Request] = []
-    httpserver.expect_request("/hook", method="POST").respond_with_handler(
-        lambda request: hooks.append(request) or Response("ok")
-    )
+
+    def receive(request: Request) -> Response:
+        hooks.append(request)
+        return Response("ok")
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
     data_dir = tmp_path / "var"
     env = service_env(data_dir)
     token = prepare(env)
@@ -134,9 +142,7 @@ def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at
             f"{service.base_url}/api/v1/import/files", json=batch, headers=service.headers, timeout=60
         ).json()["id"]
         wait_status(service, job_id, lambda s: s["finished"], timeout=60)
-        deadline = time.monotonic() + 30
-        while not hooks and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_webhooks(hooks)
     assert len(hooks) == 1
     hooks.clear()
 
@@ -145,9 +151,7 @@ def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at
         db.execute("DELETE FROM webhook_deliveries WHERE job_id=?", (job_id,))
     with serve_process(env, token) as service:
         final = wait_status(service, job_id, lambda s: s["finished"], timeout=30)
-        deadline = time.monotonic() + 30
-        while not hooks and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_webhooks(hooks)
 
     assert final["state"] == "success"
     assert final["finishedAt"] is not None

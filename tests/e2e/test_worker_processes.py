@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -131,10 +133,14 @@ def test_worker_processes_share_one_job_and_stop_with_serve(served: tuple[Serve,
     leased = {str(e["owner"]) for e in serve.events() if e["event"] == "import.files.leased"}
     assert leased == serve.owners("worker.started")
 
-    # SIGTERM to serve stops its worker process too, leases handed back.
+    # SIGTERM to serve stops its worker process too, leases handed back, and
+    # each process removes its own spool and part-file folders.
     serve.process.send_signal(signal.SIGTERM)
-    serve.process.wait(20)
+    assert serve.process.wait(20) == 0
     wait_until(lambda: not alive(serve.worker_pid), 20, "the worker process outlived serve")
+    data_dir = serve.log_path.parent / "var"
+    assert list((data_dir / "spool").iterdir()) == []
+    assert list((data_dir / "blobs" / ".parts").iterdir()) == []
 
 
 def test_a_killed_serve_takes_its_worker_processes_with_it(served: tuple[Serve, str, str]) -> None:
@@ -165,49 +171,70 @@ def test_a_worker_process_that_dies_is_replaced(served: tuple[Serve, str, str]) 
     assert [(e["pid"], e["returncode"]) for e in exits] == [(first, -signal.SIGKILL)]
 
 
+@contextmanager
+def worker_process_only(tmp_path: Path, files: int, **env_vars: str) -> Iterator[tuple[Serve, str, str]]:
+    """``serve --no-worker --worker-processes 1`` (its one worker is the child) and an origin
+    serving ``files`` small PNGs named ``0.png``, ``1.png``, ...; yields (serve, token, origin)."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    for i in range(files):
+        (root / f"{i}.png").write_bytes(png_bytes(8 + i, 8))
+    env = service_env(tmp_path / "var", FILEIMPORT_LOG_JSON="true", FILEIMPORT_LOG_LEVEL="INFO", **env_vars)
+    token = prepare(env)
+    log_path = tmp_path / "serve.log"
+    args = ["--no-worker", "--worker-processes", "1"]
+    with serve_directory(root) as origin, serve_process(env, token, args=args, log_path=log_path) as service:
+        serve = Serve(service.process, service.base_url, log_path, workers=1)
+        try:
+            yield serve, token, origin
+        finally:
+            serve.close()
+
+
+def import_and_wait(serve: Serve, token: str, files: list[dict[str, str]], timeout: float) -> None:
+    """POST one job of ``files`` and wait until its status says finished (AssertionError after ``timeout`` s)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    job_id = httpx2.post(
+        f"{serve.base_url}/api/v1/import/files",
+        json={"systemName": "s", "files": files},
+        headers=headers,
+        timeout=30,
+    ).json()["id"]
+
+    def finished() -> bool:
+        status = httpx2.get(
+            f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
+        ).json()
+        return bool(status["finished"])
+
+    wait_until(finished, timeout, f"job {job_id} did not finish within {timeout:g} s")
+
+
 def test_a_new_job_wakes_the_worker_processes_at_once(tmp_path: Path) -> None:
     """serve without its own worker and with a poll of 60 s: only the wake signal it sends its
     worker process can start the job within seconds."""
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "a.png").write_bytes(png_bytes(8, 8))
-    env = service_env(
-        tmp_path / "var",
-        FILEIMPORT_WORKER_POLL_SECONDS="60",
-        FILEIMPORT_LOG_JSON="true",
-        FILEIMPORT_LOG_LEVEL="INFO",
+    with worker_process_only(tmp_path, 1, FILEIMPORT_WORKER_POLL_SECONDS="60") as (serve, token, origin):
+        for round_ in range(2):  # the second job finds the worker idle in its long wait
+            import_and_wait(
+                serve, token, [{"url": f"{origin}/0.png", "id": f"a{round_}", "fileName": "a"}], 20
+            )
+
+
+def test_metrics_count_what_the_worker_processes_import(tmp_path: Path) -> None:
+    """serve has no worker of its own here: every file is a worker process's, and its /metrics
+    must still count them (prometheus_client's multiprocess mode)."""
+    with worker_process_only(tmp_path, 3) as (serve, token, origin):
+        import_and_wait(
+            serve, token, [{"url": f"{origin}/{i}.png", "id": f"m{i}", "fileName": "m"} for i in range(3)], 30
+        )
+        metrics = httpx2.get(f"{serve.base_url}/metrics").text
+        environ = Path(f"/proc/{serve.worker_pid}/environ").read_bytes().split(b"\0")
+        (shared,) = [v.split(b"=", 1)[1] for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+        assert Path(shared.decode()).is_dir()
+        serve.process.send_signal(signal.SIGTERM)
+        serve.process.wait(20)
+    assert re.search(r'^fileimport_files_total\{code="",status="success"\} 3\.0$', metrics, re.MULTILINE), (
+        metrics
     )
-    token = prepare(env)
-    log_path = tmp_path / "serve.log"
-    headers = {"Authorization": f"Bearer {token}"}
-    with (
-        serve_directory(root) as origin,
-        serve_process(
-            env, token, args=["--no-worker", "--worker-processes", "1"], log_path=log_path
-        ) as service,
-    ):
-        serve = Serve(service.process, service.base_url, log_path, workers=1)
-        try:
-            for round_ in range(2):  # the second job finds the worker idle in its long wait
-                response = httpx2.post(
-                    f"{serve.base_url}/api/v1/import/files",
-                    json={
-                        "systemName": "s",
-                        "files": [{"url": f"{origin}/a.png", "id": f"a{round_}", "fileName": "a"}],
-                    },
-                    headers=headers,
-                    timeout=30,
-                )
-                job_id = response.json()["id"]
-                started = time.monotonic()
-
-                def finished(job_id: str = job_id) -> bool:
-                    status = httpx2.get(
-                        f"{serve.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
-                    ).json()
-                    return bool(status["finished"])
-
-                wait_until(finished, 20, "the job waited for the worker's poll")
-                assert time.monotonic() - started < 20
-        finally:
-            serve.close()
+    assert re.search(r'^fileimport_jobs_finished_total\{state="success"\} 1\.0$', metrics, re.MULTILINE)
+    assert not Path(shared.decode()).exists()  # removed when serve stopped

@@ -13,10 +13,12 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote, urlsplit
@@ -582,7 +584,10 @@ class ObjectStorage:
             raise _storage_error("list", "/", exc) from exc
 
     async def close(self) -> None:
-        """Nothing to release: obstore pools its connections per store object."""
+        """Remove this process's part-file folder (local stores; a write still in it is one that
+        cannot finish now). obstore pools its connections per store object: nothing else to release."""
+        if self._local_root is not None:
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, self._parts_folder(), ignore_errors=True))
 
 
 def _parse_bool(name: str, value: str) -> bool:

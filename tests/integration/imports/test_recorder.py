@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -25,6 +26,19 @@ ASSET = StoredAsset(key=f"sha256/ab/ab/{SHA}", sha256=SHA, size=3, mime_type="im
 ORIGIN = OriginValidators("http://127.0.0.1:9/a.png")
 
 
+async def new_job(db: Database, body: dict[str, Any]) -> tuple[int, str, list[ImportFile]]:
+    """Project ``p`` and a job of ``body`` (the POST's JSON): (project id, job id, its files in order)."""
+    async with db.transaction() as session:
+        project_id = (await create_project(session, "p")).id
+        request = ImportRequest.model_validate(body)
+        job_id = await create_job(session, Principal(project_id, "p", frozenset()), request)
+    async with db.reader() as session:
+        files = await session.scalars(
+            select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+        )
+        return project_id, job_id, list(files.all())
+
+
 async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_and_every_result(
     database_url: str,
 ) -> None:
@@ -34,28 +48,16 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
     batch waits for the write lock and then sees the entry: the same outcome by the plain path."""
     db = Database(database_url)
     try:
-        async with db.transaction() as session:
-            project = await create_project(session, "p")
-            request = ImportRequest.model_validate(
-                {
-                    "systemName": "s",
-                    "files": [
-                        {"url": ORIGIN.url, "id": external_id, "fileName": "a"}
-                        for external_id in ("raced", "other-1", "other-2")
-                    ],
-                }
-            )
-            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
-        async with db.reader() as session:
-            files = (
-                (
-                    await session.execute(
-                        select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        project_id, job_id, files = await new_job(
+            db,
+            {
+                "systemName": "s",
+                "files": [
+                    {"url": ORIGIN.url, "id": external_id, "fileName": "a"}
+                    for external_id in ("raced", "other-1", "other-2")
+                ],
+            },
+        )
 
         def change(external_id: str) -> EntryChange:
             return EntryChange("s", external_id, "a", {}, "image")
@@ -63,11 +65,11 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
         async with ResultRecorder(db) as recorder:
             async with db.transaction() as other_worker:
                 # Another worker's transaction creates the raced key and holds it uncommitted.
-                await other_worker.run_sync(upsert_entry, project.id, change("raced"), ASSET, ORIGIN)
+                await other_worker.run_sync(upsert_entry, project_id, change("raced"), ASSET, ORIGIN)
                 batch = [
                     asyncio.create_task(
                         recorder.record_import(
-                            job_id, project.id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
+                            job_id, project_id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
                         )
                     )
                     for f in files
@@ -98,22 +100,14 @@ async def test_the_last_two_results_recorded_at_once_finish_the_job_once(databas
     PostgreSQL each would still see the other's file pending and neither would finish it.)"""
     db = Database(database_url)
     try:
-        async with db.transaction() as session:
-            project = await create_project(session, "p")
-            request = ImportRequest.model_validate(
-                {
-                    "systemName": "s",
-                    "webhook": "http://127.0.0.1:9/hook",
-                    "files": [{"url": ORIGIN.url, "id": key, "fileName": "a"} for key in ("first", "last")],
-                }
-            )
-            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
-        async with db.reader() as session:
-            first, last = (
-                await session.scalars(
-                    select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
-                )
-            ).all()
+        project_id, job_id, (first, last) = await new_job(
+            db,
+            {
+                "systemName": "s",
+                "webhook": "http://127.0.0.1:9/hook",
+                "files": [{"url": ORIGIN.url, "id": key, "fileName": "a"} for key in ("first", "last")],
+            },
+        )
 
         async with ResultRecorder(db) as recorder:
             async with db.transaction() as other_worker:
@@ -129,7 +123,7 @@ async def test_the_last_two_results_recorded_at_once_finish_the_job_once(databas
                 await other_worker.run_sync(repository.record_file_results, [row])
                 assert await other_worker.run_sync(finish_jobs_if_done, [job_id]) == []  # "last" pends
                 recording = asyncio.create_task(
-                    recorder.record_failure(job_id, project.id, last.id, "http_404", "gone too", 1)
+                    recorder.record_failure(job_id, project_id, last.id, "http_404", "gone too", 1)
                 )
                 await asyncio.sleep(0.5)
                 assert not recording.done(), "the batch should wait for the other transaction"
@@ -163,16 +157,7 @@ async def test_a_job_s_files_are_stored_as_posted_whatever_their_characters(data
     ]
     db = Database(database_url)
     try:
-        async with db.transaction() as session:
-            project = await create_project(session, "p")
-            request = ImportRequest.model_validate({"systemName": "s", "files": files})
-            job_id = await create_job(session, Principal(project.id, "p", frozenset()), request)
-        async with db.reader() as session:
-            stored = (
-                await session.scalars(
-                    select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
-                )
-            ).all()
+        _, _, stored = await new_job(db, {"systemName": "s", "files": files})
     finally:
         await db.dispose()
 
