@@ -31,7 +31,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fileimport.auth.service import (
@@ -87,12 +87,28 @@ def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awa
     try:
         return asyncio.run(main())
     except (OperationalError, ProgrammingError) as exc:
-        err.print(
-            f"[red]cannot use the database at {_redact(settings.resolved_database_url)}:[/red] "
-            f"{str(exc.orig).splitlines()[0] if exc.orig else exc}\n"
-            "Run 'fileimport migrate' first, with the same FILEIMPORT_DATA_DIR / FILEIMPORT_DATABASE_URL."
-        )
-        raise typer.Exit(1) from None
+        _database_failed(settings.resolved_database_url, exc)
+
+
+def _database_failed(url: str, exc: BaseException) -> NoReturn:
+    """Exit 1 with one line naming the database (password hidden) and why it failed, plus a hint
+    to migrate when a table is missing; no traceback."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    # No tables yet, or (embedded SQLite) no data folder yet: never migrated.
+    never_migrated = any(s in reason for s in ("no such table", "unable to open database file")) or (
+        type(cause).__name__ == "UndefinedTable"
+    )
+    hint = (
+        "\nRun 'fileimport migrate' first, with the same FILEIMPORT_DATA_DIR / FILEIMPORT_DATABASE_URL."
+        if never_migrated
+        else ""
+    )
+    err.print(
+        f"[red]cannot use the database at {escape(_redact(url))}:[/red] {escape(reason)}{hint}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(1) from None
 
 
 DATABASE_CHECK_SECONDS = 10.0
@@ -106,7 +122,6 @@ def _require_database(settings: Settings) -> None:
     `DATABASE_CHECK_SECONDS`.
     """
     from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
 
     from fileimport.core.db import create_engine
 
@@ -124,16 +139,9 @@ def _require_database(settings: Settings) -> None:
     try:
         anyio.run(main)
     except TimeoutError:
-        reason = f"no answer within {DATABASE_CHECK_SECONDS:g} seconds"
+        _database_failed(url, TimeoutError(f"no answer within {DATABASE_CHECK_SECONDS:g} seconds"))
     except (DBAPIError, OSError) as exc:
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    else:
-        return
-    err.print(
-        f"[red]cannot reach the database at {escape(_redact(url))}:[/red] {escape(reason)}", soft_wrap=True
-    )
-    raise typer.Exit(1)
+        _database_failed(url, exc)
 
 
 @app.command()
@@ -407,7 +415,10 @@ def migrate() -> None:
     config = Config()
     config.set_main_option("script_location", "fileimport:migrations")
     config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except (DBAPIError, OSError) as exc:
+        _database_failed(settings.resolved_database_url, exc)
     err.print(f"database migrated: {_redact(settings.resolved_database_url)}")
 
 

@@ -197,8 +197,40 @@ def test_production_serve_exits_when_the_database_is_unreachable(
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert f"cannot reach the database at {shown}: " in lines[0]
+    assert f"cannot use the database at {shown}: " in lines[0]
     assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("migrate",), ("token", "list", "--project", "default"), ("project", "show", "default")],
+)
+def test_commands_say_in_one_line_that_the_database_is_unreachable(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """No traceback, no password, and no advice to migrate a database that does not answer."""
+    env = service_env(tmp_path / "var", FILEIMPORT_DATABASE_URL=UNREACHABLE_DATABASE)
+    done = run(env, *command)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        "cannot use the database at postgresql+psycopg://fileimport:***@127.0.0.1:1/fileimport: "
+    )
+    assert "Traceback" not in done.stderr
+    assert "migrate" not in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+def test_a_command_on_a_database_never_migrated_says_to_migrate(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var")
+    done = run(env, "project", "show", "default")  # no data folder yet
+    assert done.returncode == 1
+    assert "Run 'fileimport migrate' first" in done.stderr
+    (tmp_path / "var").mkdir()
+    done = run(env, "project", "show", "default")  # an empty SQLite file, no tables
+    assert done.returncode == 1
+    assert "no such table" in done.stderr
+    assert "Run 'fileimport migrate' first" in done.stderr
 
 
 def test_development_serve_starts_and_is_not_ready_when_the_database_is_unreachable(tmp_path: Path) -> None:
