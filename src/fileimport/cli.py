@@ -61,12 +61,24 @@ err = Console(stderr=True)
 log = structlog.get_logger(__name__)
 
 
-def _settings() -> Settings:
+def _settings(*, storage: bool = False) -> Settings:
+    """The settings, or exit 2 naming what is wrong. With ``storage``, the blob store they name
+    is opened once too (nothing is dialled), so that a bad ``FILEIMPORT_STORAGE_OPTIONS`` value or
+    an ``s3://`` URL without a bucket stops the command before it starts, in one line."""
     try:
-        return get_settings()
+        settings = get_settings()
     except ValidationError as exc:
         err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
+    if storage:
+        from fileimport.core.storage import open_storage
+
+        try:
+            open_storage(settings.resolved_storage_url, settings.storage_options)
+        except ValueError as exc:
+            err.print(f"[red]invalid storage settings:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    return settings
 
 
 T = TypeVar("T")
@@ -178,7 +190,7 @@ def serve(
 
     from fileimport.app import create_app
 
-    settings = _settings()
+    settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)
     if settings.mode == "production":
         _require_database(settings)  # the embedded mode starts anyway; /readyz says what is missing
@@ -339,7 +351,7 @@ def worker() -> None:
     from fileimport.core.runtime import open_runtime
     from fileimport.worker import Worker
 
-    settings = _settings()
+    settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)
 
     async def main() -> None:
@@ -383,7 +395,7 @@ def gc(
     from fileimport.core.runtime import open_runtime
     from fileimport.media.tasks import delete_unreferenced_blobs
 
-    settings = _settings()
+    settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)  # log lines to stderr, not into the summary
     min_age = parse_duration(older_than)
     if min_age < MIN_SAFE_BLOB_AGE and not no_imports_running:

@@ -221,6 +221,25 @@ def test_commands_say_in_one_line_that_the_database_is_unreachable(
     assert "s3cret-pw" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("FILEIMPORT_STORAGE_OPTIONS", '{"fsync": "maybe"}', "storage option 'fsync' must be true or false"),
+        ("FILEIMPORT_STORAGE_OPTIONS", '{"nope": "1"}', "unknown options for file storage: ['nope']"),
+        ("FILEIMPORT_STORAGE_URL", "s3://", "S3 storage URL needs a bucket"),
+    ],
+)
+@pytest.mark.parametrize("command", [("serve", "--port", "9"), ("worker",), ("gc",)])
+def test_bad_storage_settings_stop_the_command_in_one_line(
+    tmp_path: Path, command: tuple[str, ...], variable: str, value: str, said: str
+) -> None:
+    env = service_env(tmp_path / "var", **{variable: value})
+    done = run(env, *command)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"invalid storage settings: {said}"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_command_on_a_database_never_migrated_says_to_migrate(tmp_path: Path) -> None:
     env = service_env(tmp_path / "var")
     done = run(env, "project", "show", "default")  # no data folder yet
