@@ -57,13 +57,14 @@ class FailureBackoff:
         self.max_wait = max_wait
         self.failures = 0
 
-    def failed(self) -> None:
-        """Call from an ``except`` block: logs the exception being handled."""
+    def failed(self, error: BaseException | None = None) -> None:
+        """Call from an ``except`` block: logs ``error``, by default the exception being handled
+        (with its traceback the first time)."""
         self.failures += 1
-        if self.failures == 1:
+        if self.failures == 1 and error is None:
             log.exception(self.event)
         else:
-            error = sys.exc_info()[1]
+            error = error or sys.exc_info()[1]
             log.warning(self.event, failures=self.failures, error=f"{type(error).__name__}: {error}")
 
     def succeeded(self) -> None:
@@ -249,8 +250,10 @@ class Worker:
         except Exception as exc:
             # A fault not tied to one file (database, storage): the leases are
             # handed back and the files taken up again by a later claim.
-            if _caused_by(exc, StorageError):
-                self.store.failed()
+            storage_error = _found_in(exc, StorageError)
+            if storage_error is not None:
+                # One line naming the store's own words, not the task group around it.
+                self.store.failed(storage_error)
             else:
                 log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
         finally:
@@ -312,11 +315,16 @@ class Worker:
             await self.runtime.dispatcher.wait(Topic.WEBHOOKS, max(wait, 0.05))
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``exc``, or one in it if it is a group (a task group's), is a ``kind``."""
+def _found_in(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` if it is a ``kind``, or the first ``kind`` in it if it is a group (a task
+    group's, nested or not); None when there is none."""
     if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(kind) is not None
-    return isinstance(exc, kind)
+        for inner in exc.exceptions:
+            found = _found_in(inner, kind)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, kind) else None
 
 
 def remove_abandoned_spool_dirs(spool_root: Path) -> int:

@@ -77,3 +77,26 @@ async def test_if_none_match_without_a_match_sends_the_bytes(
     )
     assert response.status_code == 200
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_broken_blob_store_is_a_503_to_retry_not_a_500(
+    service: RunningService, asset: dict[str, str]
+) -> None:
+    """The store's folder replaced by a file (a lost mount, say): the download and /readyz say
+    what failed, and the download works again once the folder is back."""
+    blobs = service.settings.data_dir / "blobs"
+    blobs.rename(blobs.with_name("blobs-away"))
+    blobs.write_bytes(b"not a folder")
+    try:
+        response = await service.client.get(asset["url"])
+        ready = await service.client.get("/readyz")
+    finally:
+        blobs.unlink()
+        blobs.with_name("blobs-away").rename(blobs)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "30"
+    assert response.json()["error_details"] == {"storage": "unavailable; retry later"}
+    assert str(service.settings.data_dir) not in response.text
+    assert ready.status_code == 503
+    assert "storage" in ready.json()["error_details"]
+    assert (await service.client.get(asset["url"])).status_code == 200

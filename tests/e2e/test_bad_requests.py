@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
@@ -103,6 +104,20 @@ async def test_not_json(service: RunningService) -> None:
         "/api/v1/import/files", content=b"{not json", headers={**headers, "Content-Type": "application/json"}
     )
     assert "body" in assert_error_shape(response, 400)
+
+
+async def test_a_compressed_body_is_a_415_saying_to_send_it_uncompressed(service: RunningService) -> None:
+    """RFC 7694: the server names the codings it accepts; a gzip body is not mistaken for bad UTF-8."""
+    headers = {**service.tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = await service.client.post(
+        "/api/v1/import/files", content=gzip.compress(json.dumps(body()).encode()), headers=headers
+    )
+    details = assert_error_shape(response, 415)
+    assert details == {"Content-Encoding": "gzip is not accepted; send the JSON uncompressed"}
+    assert response.headers["accept-encoding"] == "identity"
+    headers["Content-Encoding"] = "identity"
+    response = await service.client.post("/api/v1/import/files", content=json.dumps(body()), headers=headers)
+    assert response.status_code == 200, response.text
 
 
 async def test_auth_errors(service: RunningService) -> None:

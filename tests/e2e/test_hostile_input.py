@@ -272,6 +272,10 @@ FORBIDDEN_IN_NAMES = [
     ("line\u2028separator", "U+2028"),
     ("paragraph\u2029separator", "U+2029"),
     ("word\u2060joiner", "U+2060"),
+    ("function\u2061application", "U+2061"),
+    ("hangul\u3164filler", "U+3164"),
+    ("\u115fchoseong", "U+115F"),
+    ("halfwidth\uffa0filler", "U+FFA0"),
 ]
 
 

@@ -24,6 +24,8 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from fileimport.core.storage import StorageError
+
 log = structlog.get_logger(__name__)
 
 # PostgreSQL stores no U+0000 in text or jsonb, so no input string may hold one.
@@ -233,6 +235,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # worth a retry (RFC 9110 §15.6.4).
         log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
         return error_response(503, {"database": "unavailable; retry later"}, {"Retry-After": "5"})
+
+    @app.exception_handler(StorageError)
+    async def _storage_unavailable(request: Request, exc: StorageError) -> JSONResponse:
+        # The blob store failed (unreachable, full, read-only, a broken mount):
+        # as with the database, not the client's fault, and worth a retry. The
+        # store's words stay in the log: they can name the server's paths.
+        log.warning("http.storage_unavailable", path=request.url.path, error=str(exc))
+        return error_response(503, {"storage": "unavailable; retry later"}, {"Retry-After": "30"})
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:

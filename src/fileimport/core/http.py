@@ -26,13 +26,20 @@ async def read_json_body(request: Request, max_bytes: int) -> tuple[bytes, Any]:
     """The body's bytes and decoded JSON.
 
     Raises UnsupportedMediaType unless the Content-Type is ``application/json``
-    (charset absent or UTF-8, RFC 8259 §8.1), PayloadTooLarge beyond
+    (charset absent or UTF-8, RFC 8259 §8.1) and the body has no content
+    coding (a gzip body, say: RFC 9110 §15.5.16 and RFC 7694), PayloadTooLarge beyond
     ``max_bytes`` (declared or received), and ValidationFailed for anything
     that is not strict UTF-8 JSON: ``NaN``, ``Infinity``, numbers out of range,
     an object naming a key twice (RFC 8259 §4: the meaning is unpredictable)
     and nesting too deep to parse included.
     """
     _check_content_type(request.headers.get("content-type", ""))
+    codings = [c.strip().lower() for c in request.headers.get("content-encoding", "").split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise UnsupportedMediaType(
+            {"Content-Encoding": f"{', '.join(codings)} is not accepted; send the JSON uncompressed"},
+            headers={"Accept-Encoding": "identity"},
+        )
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
         raise PayloadTooLarge({"body": f"must be at most {max_bytes} bytes"})

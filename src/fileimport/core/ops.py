@@ -20,7 +20,7 @@ from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
 from fileimport.core.http import add_get_and_head_route
 from fileimport.core.runtime import Runtime
-from fileimport.core.storage import StorageNotWritableError
+from fileimport.core.storage import StorageError, StorageNotWritableError
 
 router = APIRouter(tags=["operations"])
 
@@ -54,6 +54,8 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
         await runtime.storage.check()
     except StorageNotWritableError as exc:
         problems["storage"] = str(exc)
+    except StorageError as exc:  # its message names the operation and the cause, not server paths
+        problems["storage"] = f"unreachable: {exc}"
     except Exception as exc:
         problems["storage"] = f"unreachable: {type(exc).__name__}"
     if problems:

@@ -19,13 +19,18 @@ BLANK_MESSAGE = "must not be blank (only whitespace)"
 # overrides and isolates (U+202A-U+202E, U+2066-U+2069), the line and paragraph
 # separators (U+2028, U+2029) and the invisible marks (U+00AD soft hyphen,
 # U+061C ALM, U+180E, U+200B ZWSP, U+200E LRM, U+200F RLM, U+2060 word joiner,
-# U+FEFF BOM): in a download name they break headers and file systems, or
+# U+2061-U+2064 invisible operators, U+FEFF BOM) and the Hangul fillers that
+# show as blanks (U+115F, U+1160, U+3164, U+FFA0): in a download name they break headers and file systems, or
 # show "cat\u202egpj.exe" as "catexe.jpg" (CVE-2021-42574, "Trojan Source");
 # in an id they make two different ids look the same. (U+200C and U+200D stay:
 # scripts and emoji need them.)
-_INVISIBLE_CHARACTERS = "U+00AD, U+061C, U+180E, U+200B, U+200E, U+200F, U+2028, U+2029, U+202A-U+202E, U+2060, U+2066-U+2069, U+FEFF"
+_INVISIBLE_CHARACTERS = (
+    "U+00AD, U+061C, U+115F, U+1160, U+180E, U+200B, U+200E, U+200F, U+2028, U+2029, U+202A-U+202E, "
+    "U+2060-U+2064, U+2066-U+2069, U+3164, U+FEFF, U+FFA0"
+)
 _FORBIDDEN_CHARACTER = re.compile(
-    "[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\xad\u061c\u115f\u1160\u180e\u200b\u200e\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0]"
 )
 PRINTABLE_RULE = (
     f"no control characters (Unicode Cc) and no invisible formatting characters ({_INVISIBLE_CHARACTERS})"

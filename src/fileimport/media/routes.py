@@ -230,7 +230,7 @@ _ASSET_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Not modified: If-None-Match is `*` or names the ETag (weak comparison)",
         "headers": _ASSET_HEADERS,
     },
-    **error_responses(400, 404, 416),
+    **error_responses(400, 404, 416, 503),
 }
 
 
