@@ -366,9 +366,7 @@ CONFIG = ProjectConfig(
     )
 )
 MAX_BATCH_FILES = 3
-INVISIBLE_MARKS = (
-    "\xad\u061c\u115f\u1160\u180e\u200b\u200e\u200f\u2028\u2029\u2060\u2061\u2062\u2063\u2064\u3164\ufeff\uffa0"
-)
+INVISIBLE_MARKS = "\xad\u061c\u115f\u1160\u180e\u200b\u200e\u200f\u2028\u2029\u2060\u2061\u2062\u2063\u2064\u3164\ufeff\uffa0"
 
 
 metadata_keys = st.sampled_from(
