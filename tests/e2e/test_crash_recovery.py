@@ -38,6 +38,18 @@ def wait_status(service: ServiceProcess, job_id: str, until: Any, timeout: float
         time.sleep(0.05)
 
 
+def record_webhooks(httpserver: HTTPServer) -> list[Request]:
+    """The requests POSTed to ``httpserver``'s ``/hook`` (answered 200), in a list that fills as they come."""
+    hooks: list[Request] = []
+
+    def receive(request: Request) -> Response:
+        hooks.append(request)
+        return Response("ok")
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    return hooks
+
+
 def wait_for_webhooks(hooks: list[Request], timeout: float = 30.0) -> None:
     """Until a webhook has arrived in ``hooks`` (the test's receiver appends), at most ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -48,13 +60,7 @@ def wait_for_webhooks(hooks: list[Request], timeout: float = 30.0) -> None:
 def test_killed_mid_job_then_restarted_finishes_exactly_once(
     tmp_path: Path, corpus_dir: Path, corpus_manifest: dict[str, dict[str, Any]], httpserver: HTTPServer
 ) -> None:
-    hooks: list[Request] = []
-
-    def receive(request: Request) -> Response:
-        hooks.append(request)
-        return Response("ok")
-
-    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    hooks = record_webhooks(httpserver)
     data_dir = tmp_path / "var"
     env = service_env(data_dir, FILEIMPORT_WORKER_LEASE_SECONDS="2", FILEIMPORT_WORKER_POLL_SECONDS="0.2")
     token = prepare(env)
@@ -122,13 +128,7 @@ def test_a_job_left_started_with_every_file_done_is_finished_with_its_webhook_at
     """Versions before 2026-11-30 ended a job in a transaction after its last result's, and a
     worker killed in between left the job ``started`` for ever: every file done, nothing to
     claim, no webhook. Such a database is made here by hand; a started worker finishes the job."""
-    hooks: list[Request] = []
-
-    def receive(request: Request) -> Response:
-        hooks.append(request)
-        return Response("ok")
-
-    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+    hooks = record_webhooks(httpserver)
     data_dir = tmp_path / "var"
     env = service_env(data_dir)
     token = prepare(env)

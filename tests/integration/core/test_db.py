@@ -70,6 +70,14 @@ def new_file(job_id: str, position: int, **values: object) -> ImportFile:
     )
 
 
+async def add_job(db: Database, project_id: int, now: datetime, files: list[ImportFile]) -> None:
+    """Job ``j``, started at ``now``, with ``files`` (`new_file`)."""
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "j", started_at=now))
+        await session.flush()
+        session.add_all(files)
+
+
 async def claim(
     db: Database,
     owner: str,
@@ -97,18 +105,18 @@ async def claim(
 async def test_claim_takes_free_and_expired_leases_only_in_batch_order(db: Database) -> None:
     project_id = await new_project_id(db)
     now = utcnow()
-    async with db.transaction() as session:
-        session.add(new_job(project_id, "j", started_at=now))
-        await session.flush()
-        session.add_all(
-            [
-                new_file("j", 0),
-                new_file("j", 1, lease_owner="alive", lease_expires_at=now + timedelta(seconds=30)),
-                new_file("j", 2, lease_owner="gone", lease_expires_at=now - timedelta(milliseconds=1)),
-                new_file("j", 3, status=FileStatus.SUCCESS),
-                new_file("j", 4),
-            ]
-        )
+    await add_job(
+        db,
+        project_id,
+        now,
+        [
+            new_file("j", 0),
+            new_file("j", 1, lease_owner="alive", lease_expires_at=now + timedelta(seconds=30)),
+            new_file("j", 2, lease_owner="gone", lease_expires_at=now - timedelta(milliseconds=1)),
+            new_file("j", 3, status=FileStatus.SUCCESS),
+            new_file("j", 4),
+        ],
+    )
 
     claimed = await claim(db, "me", now)
     assert claimed is not None
@@ -145,10 +153,7 @@ async def test_a_job_smaller_than_a_claim_is_shared_half_by_half_down_to_the_dow
 ) -> None:
     project_id = await new_project_id(db)
     now = utcnow()
-    async with db.transaction() as session:
-        session.add(new_job(project_id, "j", started_at=now))
-        await session.flush()
-        session.add_all([new_file("j", i) for i in range(9)])
+    await add_job(db, project_id, now, [new_file("j", i) for i in range(9)])
 
     claims = [await claim(db, owner, now, limit=32, fill=2) for owner in ("w1", "w2", "w1", "w2")]
     assert [(c.files[0].lease_owner, [f.position for f in c.files]) for c in claims if c] == [
@@ -165,10 +170,12 @@ async def test_a_file_interrupted_max_leases_times_is_leased_again_only_alone_to
     """A worker's death interrupts every file it held: each of them is a suspect, tried alone."""
     project_id = await new_project_id(db)
     now = utcnow()
-    async with db.transaction() as session:
-        session.add(new_job(project_id, "j", started_at=now))
-        await session.flush()
-        session.add_all([new_file("j", 0, leases=3), new_file("j", 1, leases=3), new_file("j", 2, leases=1)])
+    await add_job(
+        db,
+        project_id,
+        now,
+        [new_file("j", 0, leases=3), new_file("j", 1, leases=3), new_file("j", 2, leases=1)],
+    )
 
     busy = await claim(db, "busy", now)  # a worker holding other files: not the suspects
     assert busy is not None
@@ -192,10 +199,7 @@ async def test_a_file_interrupted_even_alone_fails_as_interrupted_instead_of_bei
 ) -> None:
     project_id = await new_project_id(db)
     now = utcnow()
-    async with db.transaction() as session:
-        session.add(new_job(project_id, "j", started_at=now))
-        await session.flush()
-        session.add_all([new_file("j", 0, leases=4), new_file("j", 1, leases=2)])
+    await add_job(db, project_id, now, [new_file("j", 0, leases=4), new_file("j", 1, leases=2)])
 
     claimed = await claim(db, "me", now)
     assert claimed is not None
@@ -212,10 +216,7 @@ async def test_a_file_interrupted_even_alone_fails_as_interrupted_instead_of_bei
 async def test_released_leases_are_free_at_once_and_not_counted(db: Database) -> None:
     project_id = await new_project_id(db)
     now = utcnow()
-    async with db.transaction() as session:
-        session.add(new_job(project_id, "j", started_at=now))
-        await session.flush()
-        session.add_all([new_file("j", 0), new_file("j", 1)])
+    await add_job(db, project_id, now, [new_file("j", 0), new_file("j", 1)])
     claimed = await claim(db, "me", now)
     assert claimed is not None
     async with db.transaction() as session:
