@@ -353,6 +353,19 @@ def worker() -> None:
 
     settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)
+    # serve's own worker processes (multiprocess mode) are counted by serve's /metrics.
+    if settings.worker_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+        except OSError as exc:
+            err.print(
+                f"[red]cannot serve metrics on {escape(settings.worker_metrics_host)}:"
+                f"{settings.worker_metrics_port}:[/red] {escape(exc.strerror or str(exc))}",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
     async def main() -> None:
         runtime = open_runtime(settings)

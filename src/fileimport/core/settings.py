@@ -93,8 +93,16 @@ class Settings(BaseSettings):
         default=5,
         ge=1,
         le=100,
-        description="Leases a file may take without finishing (its worker died) before it fails.",
+        description="Leases a file may take without finishing (its worker died) before it is tried "
+        "alone; interrupted alone too, it fails.",
     )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`fileimport worker` serves Prometheus /metrics on this port (none by default).",
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Interface for worker_metrics_port.")
 
     # Fetching
     fetch_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
