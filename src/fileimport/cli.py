@@ -44,6 +44,7 @@ from fileimport.auth.service import (
 )
 from fileimport.core.dispatch import Topic
 from fileimport.core.logging import configure_logging
+from fileimport.core.processes import pid_prefix, remove_folders_of_dead_processes
 from fileimport.core.settings import Settings, get_settings
 from fileimport.projects.config import ProjectConfig
 from fileimport.projects.service import ProjectExistsError, create_project, describe_project, get_project
@@ -185,32 +186,36 @@ def serve(
     ] = 0,
 ) -> None:
     """Serve the API and, unless --no-worker, an in-process worker (plus --worker-processes more)."""
-    metrics_dir = _share_metrics_with_children() if worker_processes else None
-    import uvicorn
-
-    from fileimport.app import create_app
-
     settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)
     if settings.mode == "production":
         _require_database(settings)  # the embedded mode starts anyway; /readyz says what is missing
-    workers = WorkerProcesses(worker_processes)
+    # Before the app (and so prometheus_client) is imported; after the checks
+    # above, whose exits would leave the folder behind.
+    metrics_dir = _share_metrics_with_children() if worker_processes else None
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under
     # the handler it found; the default one would end the process there, before
     # `finally` stops the worker processes and removes the metrics folder.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        uvicorn.run(
-            create_app(settings, run_worker=not no_worker, wake_children=workers.wake),
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-            log_config=None,  # configure_logging has routed uvicorn's loggers already
-            timeout_graceful_shutdown=10,
-        )
+        import uvicorn
+
+        from fileimport.app import create_app
+
+        workers = WorkerProcesses(worker_processes)
+        try:
+            uvicorn.run(
+                create_app(settings, run_worker=not no_worker, wake_children=workers.wake),
+                host=host,
+                port=port,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                log_config=None,  # configure_logging has routed uvicorn's loggers already
+                timeout_graceful_shutdown=10,
+            )
+        finally:
+            workers.stop()
     finally:
-        workers.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -230,7 +235,12 @@ def _share_metrics_with_children() -> Path | None:
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
-    folder = Path(tempfile.mkdtemp(prefix="fileimport-metrics-"))
+    # One folder per serve, named by its pid: those of a serve that was killed
+    # (SIGKILL runs no cleanup) are removed by the next one.
+    parent = Path(tempfile.gettempdir()) / "fileimport-metrics"
+    parent.mkdir(exist_ok=True)
+    remove_folders_of_dead_processes(parent, pid_prefix)
+    folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     return folder
 
@@ -375,13 +385,19 @@ def worker() -> None:
                 # SIGTERM (what process managers send) stops the worker cleanly:
                 # running jobs are cancelled and their leases released at once.
                 # WAKE_SIGNAL: serve, whose child this is, took a new job.
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, WAKE_SIGNAL) as signals:
-                    async for signum in signals:
-                        if signum == WAKE_SIGNAL:
-                            runtime.dispatcher.wake(Topic.IMPORTS)
-                            continue
-                        tg.cancel_scope.cancel()
-                        break
+                try:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, WAKE_SIGNAL) as signals:
+                        async for signum in signals:
+                            if signum == WAKE_SIGNAL:
+                                runtime.dispatcher.wake(Topic.IMPORTS)
+                                continue
+                            tg.cancel_scope.cancel()
+                            break
+                finally:
+                    # Leaving the receiver restores the default action, which for the
+                    # wake signal is to die: ignored again for the rest of the shutdown
+                    # (handing leases back), since serve may still send it.
+                    signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
         finally:
             await runtime.close()
 

@@ -28,7 +28,7 @@ from fileimport.core.db import new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
 from fileimport.core.probe import load_decoders
-from fileimport.core.processes import remove_folders_of_dead_processes
+from fileimport.core.processes import pid_prefix, remove_folders_of_dead_processes
 from fileimport.core.runtime import Runtime
 from fileimport.core.storage import StorageError
 from fileimport.imports import repository
@@ -113,6 +113,7 @@ class Worker:
         # no more claims until what is held is done. `alone`: importing one.
         self.draining = False
         self.alone = False
+        self.suspect_job: str | None = None  # the job whose suspects this worker saw last
         self.claims = FailureBackoff("worker.claim_failed")
         # The blob store refused a file (full, read-only, unreachable): claims
         # wait, doubling up to 30 s, until a claim is imported again.
@@ -183,6 +184,10 @@ class Worker:
                 claim = work.claim
                 self.draining = claim.suspects
                 self.alone = claim.alone
+                if claim.suspects or claim.alone:
+                    self.suspect_job = claim.job_id
+                elif claim.job_id == self.suspect_job:
+                    self.suspect_job = None
                 if claim.exhausted:
                     log.warning("import.files.interrupted", job_id=claim.job_id, files=claim.exhausted)
                 if claim.alone:
@@ -227,6 +232,7 @@ class Worker:
                         fill=settings.worker_concurrency,
                         max_leases=settings.file_max_leases,
                         alone_ok=not self.held,
+                        prefer_job=self.suspect_job if not self.held else None,
                     )
                 )
         except Exception:
@@ -246,7 +252,8 @@ class Worker:
         try:
             await import_claimed_files(importer, work)
             finished = True  # every file has its result, which cleared its lease
-            self.store.succeeded()
+            if ids:  # (an empty claim stored nothing: it says nothing of the store)
+                self.store.succeeded()
         except Exception as exc:
             # A fault not tied to one file (database, storage): the leases are
             # handed back and the files taken up again by a later claim.
@@ -333,9 +340,4 @@ def remove_abandoned_spool_dirs(spool_root: Path) -> int:
     Only folders of this host's processes live under a local spool root, so a
     pid that does not exist means the worker died (killed, crashed) mid-download.
     """
-
-    def pid_of(name: str) -> int | None:
-        pid = name.split("-", 1)[0]
-        return int(pid) if pid.isdigit() else None
-
-    return remove_folders_of_dead_processes(spool_root, pid_of)
+    return remove_folders_of_dead_processes(spool_root, pid_prefix)

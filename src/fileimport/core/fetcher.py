@@ -49,7 +49,6 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -673,9 +672,12 @@ class _Spool:
     async def write_async(self, pieces: list[bytes]) -> None:
         """`write`, with the SHA-256 computed in a second thread while the first one writes
         (both release the GIL): a large body's hash no longer adds to its writing time."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(anyio.to_thread.run_sync, self._hash, pieces))
+        hashing = asyncio.ensure_future(anyio.to_thread.run_sync(self._hash, pieces))
+        try:
             await anyio.to_thread.run_sync(self._write_file, pieces)
+        finally:
+            # Not a task group: a failed write (a full disk) stays an OSError, not a group.
+            await hashing
 
     def _hash(self, pieces: list[bytes]) -> None:
         for piece in pieces:

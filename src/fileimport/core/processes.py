@@ -24,6 +24,12 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def pid_prefix(name: str) -> int | None:
+    """The pid a ``<pid>-<anything>`` folder name starts with; None for other names."""
+    pid = name.split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def remove_folders_of_dead_processes(root: Path, pid_of: Callable[[str], int | None]) -> int:
     """Delete the folders under ``root`` whose owner process no longer runs; returns files removed.
 

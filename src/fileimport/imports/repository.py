@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -64,14 +65,19 @@ async def insert_files(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 async def _copy_files(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
     """``COPY import_files (FILE_COLUMNS) FROM STDIN`` on a psycopg ``AsyncConnection``; its
     adapters turn each value into PostgreSQL's text form (no SQL is composed from the values)."""
-    from psycopg.types.json import Json  # here: importing psycopg costs SQLite's service 9 MB
+    import psycopg  # here: importing psycopg costs SQLite's service 9 MB
+    from psycopg.types.json import Json
 
     statement = f"COPY {_files.name} ({', '.join(FILE_COLUMNS)}) FROM STDIN"
-    async with connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            # The status enum as its value, not its name; the metadata dict as JSON.
-            adapted = {**row, "metadata": Json(row["metadata"]), "status": str(row["status"])}
-            await copy.write_row([adapted[column] for column in FILE_COLUMNS])
+    try:
+        async with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                # The status enum as its value, not its name; the metadata dict as JSON.
+                adapted = {**row, "metadata": Json(row["metadata"]), "status": str(row["status"])}
+                await copy.write_row([adapted[column] for column in FILE_COLUMNS])
+    except psycopg.OperationalError as exc:
+        # As SQLAlchemy would have raised it: the API answers a lost database with a 503.
+        raise OperationalError(statement, None, exc) from exc
 
 
 _INSERT_FILES = insert(_files)
@@ -231,6 +237,7 @@ def claim_files(
     max_leases: int,
     interrupted_reason: str,
     alone_ok: bool = False,
+    prefer_job: str | None = None,
 ) -> ClaimedFiles | None:
     """Lease up to ``limit`` pending files of one started job; None when no file is free.
 
@@ -247,13 +254,17 @@ def claim_files(
     one that killed it, so a file interrupted ``max_leases`` times is a
     suspect, not a culprit: it is leased again only alone, to a worker that
     holds nothing else (``alone_ok``; a busy worker learns of them from
-    ``ClaimedFiles.suspects``). One interrupted even then fails with
+    ``ClaimedFiles.suspects``, and names their job as ``prefer_job`` once it
+    is idle, so that new jobs do not keep them waiting). One interrupted even then fails with
     code ``interrupted`` and ``interrupted_reason`` instead of being leased
     again; its neighbours, tried alone in turn, import. ``SKIP LOCKED``
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
     writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
-    for job_id in session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all():
+    candidates = session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all()
+    if prefer_job is not None:
+        candidates = [prefer_job, *(j for j in candidates if j != prefer_job)]
+    for job_id in candidates:
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
             continue

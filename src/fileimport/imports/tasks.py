@@ -47,6 +47,7 @@ def claim_work(
     fill: int,
     max_leases: int,
     alone_ok: bool = False,
+    prefer_job: str | None = None,
 ) -> ClaimedWork | None:
     """`repository.claim_files`, plus the job's context and existing entries in the same
     transaction (and the job's end when the files it failed were its last); None when no file
@@ -65,6 +66,7 @@ def claim_work(
         max_leases=max_leases,
         interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases + 1),
         alone_ok=alone_ok,
+        prefer_job=prefer_job,
     )
     if claim is None:
         return None

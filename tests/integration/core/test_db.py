@@ -86,6 +86,7 @@ async def claim(
     fill: int | None = None,
     *,
     alone_ok: bool = False,
+    prefer_job: str | None = None,
 ) -> repository.ClaimedFiles | None:
     return await db.run_in_transaction(
         lambda session: repository.claim_files(
@@ -98,6 +99,7 @@ async def claim(
             max_leases=3,
             interrupted_reason="gone",
             alone_ok=alone_ok,
+            prefer_job=prefer_job,
         )
     )
 
@@ -192,6 +194,25 @@ async def test_a_file_interrupted_max_leases_times_is_leased_again_only_alone_to
     assert other is not None
     assert ([(f.position, f.leases) for f in other.files], other.alone) == ([(1, 4)], True)
     assert await claim(db, "idle-3", now, alone_ok=True) is None
+
+
+async def test_an_idle_worker_takes_the_suspects_it_was_told_of_before_a_new_job(db: Database) -> None:
+    """New jobs (never claimed) come first in the round robin: without ``prefer_job`` a stream of
+    them would keep a job's suspects waiting."""
+    project_id = await new_project_id(db)
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(new_job(project_id, "old", started_at=now, claimed_at=now))
+        session.add(new_job(project_id, "new", started_at=now))
+        await session.flush()
+        session.add_all([new_file("old", 0, leases=3), new_file("new", 0)])
+
+    first = await claim(db, "idle", now, alone_ok=True)
+    assert first is not None
+    assert (first.job_id, first.alone) == ("new", False)
+    told = await claim(db, "idle-too", now, alone_ok=True, prefer_job="old")
+    assert told is not None
+    assert (told.job_id, told.alone, [f.position for f in told.files]) == ("old", True, [0])
 
 
 async def test_a_file_interrupted_even_alone_fails_as_interrupted_instead_of_being_leased_again(
