@@ -196,6 +196,10 @@ class OriginFetcher:
         self._origins: dict[tuple[str, str, int], _OriginSlot] = {}
         # Made on first use: aiohttp needs the running event loop.
         self._session: aiohttp.ClientSession | None = None
+        # Threads hashing streamed bodies (`_Spool.write_async`), apart from
+        # anyio's default pool of 40, which database transactions share: with
+        # 16 large downloads, their writes and hashes would take 32 of those.
+        self._hash_threads: anyio.CapacityLimiter | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -511,7 +515,9 @@ class OriginFetcher:
             deadline.reschedule(by_size)
 
         decoder = _ContentDecoder(codings) if any(c != "identity" for c in codings) else None
-        spool = _Spool(self._spool_dir)
+        if self._hash_threads is None:
+            self._hash_threads = anyio.CapacityLimiter(self._settings.worker_concurrency)
+        spool = _Spool(self._spool_dir, self._hash_threads)
         done = False
         unwatch = _fail_body_when_connection_drops(response)
         try:
@@ -648,8 +654,9 @@ class _Spool:
     (``bench/README.md``, case (c)).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, hash_threads: anyio.CapacityLimiter | None = None) -> None:
         self._folder = folder
+        self._hash_threads = hash_threads
         self._opened: tuple[IO[bytes], Path] | None = None
         self._digest = hashlib.sha256()
         self._written = 0
@@ -672,7 +679,9 @@ class _Spool:
     async def write_async(self, pieces: list[bytes]) -> None:
         """`write`, with the SHA-256 computed in a second thread while the first one writes
         (both release the GIL): a large body's hash no longer adds to its writing time."""
-        hashing = asyncio.ensure_future(anyio.to_thread.run_sync(self._hash, pieces))
+        hashing = asyncio.ensure_future(
+            anyio.to_thread.run_sync(self._hash, pieces, limiter=self._hash_threads)
+        )
         try:
             await anyio.to_thread.run_sync(self._write_file, pieces)
         finally:
