@@ -103,11 +103,14 @@ def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awa
         _database_failed(settings.resolved_database_url, exc)
 
 
-def _database_failed(url: str, exc: BaseException) -> NoReturn:
-    """Exit 1 with one line naming the database (password hidden) and why it failed, plus a hint
-    to migrate when a table is missing; no traceback."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
-    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+def _database_failed(url: str, problem: BaseException | str) -> NoReturn:
+    """Exit 1 with one line naming the database (password hidden) and ``problem`` (an error, of
+    which the first line is shown, or a sentence), plus a hint to migrate when a table is
+    missing; no traceback."""
+    cause = problem.orig if isinstance(problem, DBAPIError) and problem.orig else problem
+    reason = (
+        cause if isinstance(cause, str) else (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    )
     # No tables yet, or (embedded SQLite) no data folder yet: never migrated.
     never_migrated = any(s in reason for s in ("no such table", "unable to open database file")) or (
         type(cause).__name__ == "UndefinedTable"
@@ -152,7 +155,7 @@ def _require_database(settings: Settings) -> None:
     try:
         anyio.run(main)
     except TimeoutError:
-        _database_failed(url, TimeoutError(f"no answer within {DATABASE_CHECK_SECONDS:g} seconds"))
+        _database_failed(url, f"no answer within {DATABASE_CHECK_SECONDS:g} seconds")
     except (DBAPIError, OSError) as exc:
         _database_failed(url, exc)
 

@@ -222,19 +222,17 @@ class Worker:
         try:
             if not look_first or await self._any_free_files():
                 now = utcnow()
-                work = await self.runtime.db.run_in_transaction(
-                    partial(
-                        claim_work,
-                        owner=self.owner,
-                        now=now,
-                        lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
-                        limit=self.claim_size,
-                        fill=settings.worker_concurrency,
-                        max_leases=settings.file_max_leases,
-                        alone_ok=not self.held,
-                        prefer_job=self.suspect_job if not self.held else None,
-                    )
+                terms = repository.ClaimTerms(
+                    owner=self.owner,
+                    now=now,
+                    lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
+                    limit=self.claim_size,
+                    fill=settings.worker_concurrency,
+                    max_leases=settings.file_max_leases,
+                    alone_ok=not self.held,
+                    prefer_job=self.suspect_job if not self.held else None,
                 )
+                work = await self.runtime.db.run_in_transaction(partial(claim_work, terms=terms))
         except Exception:
             self.claims.failed()
             return None

@@ -12,6 +12,7 @@ had the window; workers run it when they start.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,14 +59,10 @@ def finish_jobs_if_done(session: Session, job_ids: Iterable[str]) -> list[Finish
             continue
         job = session.get_one(ImportJob, job_id)
         files = repository.list_file_results_sync(session, job_id)
-        counts = dict.fromkeys((FileStatus.SUCCESS, FileStatus.SKIPPED, FileStatus.FAILED), 0)
-        for f in files:
-            counts[FileStatus(f.status)] += 1
         job.state = JobState.SUCCESS
         job.finished_at = utcnow()
         schedule_delivery(session, job, files)
-        finished.append(FinishedJob(job_id, counts))
-    session.flush()
+        finished.append(FinishedJob(job_id, Counter(FileStatus(f.status) for f in files)))
     return finished
 
 

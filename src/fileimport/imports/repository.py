@@ -226,20 +226,25 @@ def job_of_claim(session: Session, job_id: str) -> tuple[int, str, dict[str, Any
     return project_id, system_name, config
 
 
-def claim_files(
-    session: Session,
-    owner: str,
-    now: datetime,
-    lease_until: datetime,
-    limit: int,
-    *,
-    fill: int,
-    max_leases: int,
-    interrupted_reason: str,
-    alone_ok: bool = False,
-    prefer_job: str | None = None,
-) -> ClaimedFiles | None:
-    """Lease up to ``limit`` pending files of one started job; None when no file is free.
+@dataclass(frozen=True)
+class ClaimTerms:
+    """What a worker asks of one claim (`claim_files`): ``owner`` leases up to ``limit`` files,
+    free at ``now``, until ``lease_until``; ``fill`` is its download slots, ``max_leases``
+    the leases after which a file is a suspect, ``alone_ok`` whether it holds nothing (and
+    may take a suspect), ``prefer_job`` the job whose suspects it saw last."""
+
+    owner: str
+    now: datetime
+    lease_until: datetime
+    limit: int
+    fill: int
+    max_leases: int
+    alone_ok: bool = False
+    prefer_job: str | None = None
+
+
+def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str) -> ClaimedFiles | None:
+    """Lease up to ``terms.limit`` pending files of one started job; None when no file is free.
 
     The job is the one whose files were leased least recently (round robin,
     so every running job progresses); within it, files go in batch order. A
@@ -261,9 +266,10 @@ def claim_files(
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
     writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
+    now, limit, max_leases = terms.now, terms.limit, terms.max_leases
     candidates = session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all()
-    if prefer_job is not None:
-        candidates = [prefer_job, *(j for j in candidates if j != prefer_job)]
+    if terms.prefer_job is not None:
+        candidates = [terms.prefer_job, *(j for j in candidates if j != terms.prefer_job)]
     for job_id in candidates:
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
@@ -271,11 +277,11 @@ def claim_files(
         exhausted = [file_id for file_id, leases in rows if leases > max_leases]
         suspects = [file_id for file_id, leases in rows if leases == max_leases]
         leased = [file_id for file_id, leases in rows if leases < max_leases]
-        alone = alone_ok and bool(suspects)
+        alone = terms.alone_ok and bool(suspects)
         if alone:
             leased = suspects[:1]
         elif len(rows) < limit:
-            leased = leased[: max(fill, math.ceil(len(leased) / 2))]
+            leased = leased[: max(terms.fill, math.ceil(len(leased) / 2))]
         if not exhausted and not leased:  # only suspects, and this worker is busy
             return ClaimedFiles(job_id, [], 0, suspects=True)
         session.execute(_CLAIM_MARK_JOB, {"job_id": job_id, "now": now})
@@ -284,7 +290,7 @@ def claim_files(
         files: list[LeasedFile] = []
         if leased:
             returned = session.execute(
-                _CLAIM_LEASE, {"ids": leased, "owner": owner, "lease_until": lease_until}
+                _CLAIM_LEASE, {"ids": leased, "owner": terms.owner, "lease_until": terms.lease_until}
             )
             files = sorted((LeasedFile(*row) for row in returned), key=lambda f: f.position)
         return ClaimedFiles(job_id, files, len(exhausted), alone, suspects=bool(suspects) and not alone)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -37,18 +36,7 @@ class ClaimedWork:
     finished: list[FinishedJob]
 
 
-def claim_work(
-    session: Session,
-    *,
-    owner: str,
-    now: datetime,
-    lease_until: datetime,
-    limit: int,
-    fill: int,
-    max_leases: int,
-    alone_ok: bool = False,
-    prefer_job: str | None = None,
-) -> ClaimedWork | None:
+def claim_work(session: Session, terms: repository.ClaimTerms) -> ClaimedWork | None:
     """`repository.claim_files`, plus the job's context and existing entries in the same
     transaction (and the job's end when the files it failed were its last); None when no file
     is free. Sync: runs in `Database.run_in_transaction`.
@@ -57,16 +45,7 @@ def claim_work(
     entries afterwards on the event loop took three more round trips.
     """
     claim = repository.claim_files(
-        session,
-        owner,
-        now,
-        lease_until,
-        limit,
-        fill=fill,
-        max_leases=max_leases,
-        interrupted_reason=INTERRUPTED_REASON.format(leases=max_leases + 1),
-        alone_ok=alone_ok,
-        prefer_job=prefer_job,
+        session, terms, interrupted_reason=INTERRUPTED_REASON.format(leases=terms.max_leases + 1)
     )
     if claim is None:
         return None

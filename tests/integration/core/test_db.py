@@ -91,15 +91,17 @@ async def claim(
     return await db.run_in_transaction(
         lambda session: repository.claim_files(
             session,
-            owner,
-            now,
-            now + timedelta(seconds=30),
-            limit,
-            fill=limit if fill is None else fill,
-            max_leases=3,
+            repository.ClaimTerms(
+                owner=owner,
+                now=now,
+                lease_until=now + timedelta(seconds=30),
+                limit=limit,
+                fill=limit if fill is None else fill,
+                max_leases=3,
+                alone_ok=alone_ok,
+                prefer_job=prefer_job,
+            ),
             interrupted_reason="gone",
-            alone_ok=alone_ok,
-            prefer_job=prefer_job,
         )
     )
 

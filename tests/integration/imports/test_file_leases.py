@@ -55,12 +55,14 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
         work = await runtime.db.run_in_transaction(
             lambda session: claim_work(
                 session,
-                owner="w",
-                now=now,
-                lease_until=now + timedelta(seconds=30),
-                limit=10,
-                fill=10,
-                max_leases=settings.file_max_leases,
+                repository.ClaimTerms(
+                    owner="w",
+                    now=now,
+                    lease_until=now + timedelta(seconds=30),
+                    limit=10,
+                    fill=10,
+                    max_leases=settings.file_max_leases,
+                ),
             )
         )
         assert work is not None
