@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from typing import Annotated
-from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -54,25 +53,14 @@ async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str,
     try:
         await runtime.storage.check()
     except StorageNotWritableError as exc:
-        problems["storage"] = _without_storage_root(str(exc), runtime.settings.resolved_storage_url)
+        problems["storage"] = runtime.storage.without_root(str(exc))  # /readyz is often open to all
     except StorageError as exc:
-        problems["storage"] = "unreachable: " + _without_storage_root(
-            str(exc), runtime.settings.resolved_storage_url
-        )
+        problems["storage"] = "unreachable: " + runtime.storage.without_root(str(exc))
     except Exception as exc:
         problems["storage"] = f"unreachable: {type(exc).__name__}"
     if problems:
         raise NotReady(problems)
     return {"status": "ready"}
-
-
-def _without_storage_root(message: str, storage_url: str) -> str:
-    """``message`` with a local store's folder written ``<storage folder>``: /readyz is usually
-    open to anyone who can reach the service, and the server's paths are not theirs to see."""
-    parts = urlsplit(storage_url)
-    if parts.scheme != "file" or not parts.path:
-        return message
-    return message.replace(unquote(parts.path).rstrip("/"), "<storage folder>")
 
 
 add_get_and_head_route(router, "/healthz", healthz, operation="Healthz", summary="The process is alive")

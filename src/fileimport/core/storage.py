@@ -179,6 +179,10 @@ class BlobStorage(Protocol):
         """Readiness probe: raise `StorageError` when the store cannot be used."""
         ...
 
+    def without_root(self, message: str) -> str:
+        """``message`` (an error's) with a local store's folder written ``<storage folder>``."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the storage must not be used afterwards."""
         ...
@@ -363,6 +367,13 @@ class ObjectStorage:
         """
         assert self._local_root is not None  # noqa: S101 - local stores only
         return self._local_root / PARTS_FOLDER / f"{_HOST}-{os.getpid()}"
+
+    def without_root(self, message: str) -> str:
+        """``message`` (an error's) with a local store's folder written ``<storage folder>``:
+        for answers to clients, who have no business with the server's paths."""
+        if self._local_root is None:
+            return message
+        return message.replace(str(self._local_root).rstrip("/"), "<storage folder>")
 
     async def remove_abandoned_parts(self) -> int:
         """Remove the part-file folders of this host's processes that no longer run; files removed.
