@@ -114,6 +114,14 @@ class Worker:
         self.draining = False
         self.alone = False
         self.suspect_job: str | None = None  # the job whose suspects this worker saw last
+        # Whether the last claim may have left free files: only then does an
+        # idle download slot call for another claim (`_on_slot_idle`). Without
+        # it, each file ending at a job's tail was a write transaction finding
+        # nothing (case (b) of the bench: 6 per 27-file job, each queueing for
+        # SQLite's write lock ahead of the results being recorded).
+        self.more_free = True
+        self.claiming = False
+        self.slot_idled = False  # while claiming: decided once the claim says `more_free`
         self.claims = FailureBackoff("worker.claim_failed")
         # The blob store refused a file (full, read-only, unreachable): claims
         # wait, doubling up to 30 s, until a claim is imported again.
@@ -154,7 +162,7 @@ class Worker:
                     self.runtime,
                     fetcher,
                     recorder,
-                    on_slot_idle=partial(self.runtime.dispatcher.wake, Topic.IMPORTS),
+                    on_slot_idle=self._on_slot_idle,
                 )
                 tg.start_soon(self._import_loop, importer, tg)
                 tg.start_soon(self._lease_loop)
@@ -177,8 +185,16 @@ class Worker:
                 and not self.alone
                 and not (self.draining and self.held)
             ):
-                work = await self._claim(look_first=idle)
+                self.claiming = True
+                try:
+                    work = await self._claim(look_first=idle)
+                finally:
+                    self.claiming = False
                 idle = work is None
+                self.more_free = work is not None and work.claim.more
+                if self.slot_idled:
+                    self.slot_idled = False
+                    self._on_slot_idle()
                 if work is None:
                     break
                 claim = work.claim
@@ -210,6 +226,17 @@ class Worker:
             # After a failed claim, longer (a new job's wake-up still tries at once).
             await self.runtime.dispatcher.wait(Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds))
 
+    def _on_slot_idle(self) -> None:
+        """A download slot is idle: claim more, unless the last claim took every free file.
+
+        New jobs wake the loop themselves (`Topic.IMPORTS`), and files freed
+        otherwise (an expired or handed-back lease) are found by the poll.
+        """
+        if self.claiming:
+            self.slot_idled = True
+        elif self.more_free:
+            self.runtime.dispatcher.wake(Topic.IMPORTS)
+
     async def _claim(self, *, look_first: bool) -> ClaimedWork | None:
         """Lease the next files; None when there are none (or the database failed, logged).
 
@@ -240,8 +267,7 @@ class Worker:
         return work
 
     async def _any_free_files(self) -> bool:
-        async with self.runtime.db.reader() as session:
-            return await repository.any_claimable_files(session, utcnow())
+        return await self.runtime.db.run_read(partial(repository.any_claimable_files, now=utcnow()))
 
     async def _run_claim(self, importer: FileImporter, work: ClaimedWork, ids: list[int]) -> None:
         claim = work.claim

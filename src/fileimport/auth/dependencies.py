@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,8 +33,7 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         runtime = get_runtime(request)
-        async with runtime.db.reader() as session:
-            principal = await authenticate(session, credentials.credentials)
+        principal = await runtime.db.run_read(partial(authenticate, token=credentials.credentials))
         if principal is None:
             raise Unauthorized(
                 {"message": "invalid or expired token"},

@@ -58,7 +58,7 @@ def finish_jobs_if_done(session: Session, job_ids: Iterable[str]) -> list[Finish
         if repository.has_pending_files_sync(session, job_id):
             continue
         job = session.get_one(ImportJob, job_id)
-        files = repository.list_file_results_sync(session, job_id)
+        files = repository.list_file_results(session, job_id)
         job.state = JobState.SUCCESS
         job.finished_at = utcnow()
         schedule_delivery(session, job, files)

@@ -83,34 +83,31 @@ async def _copy_files(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
 _INSERT_FILES = insert(_files)
 
 
-async def get_job(session: AsyncSession, job_id: str, project_id: int | None = None) -> ImportJob | None:
+def get_job(session: Session, job_id: str, project_id: int | None = None) -> ImportJob | None:
+    """The job ``job_id`` (of project ``project_id`` when given), or None. Sync: `Database.run_read`."""
     query = select(ImportJob).where(ImportJob.id == job_id)
     if project_id is not None:
         query = query.where(ImportJob.project_id == project_id)
-    return (await session.execute(query)).scalar_one_or_none()
+    return session.execute(query).scalar_one_or_none()
 
 
 def _count_by_status(job_id: str) -> Select[FileStatus, int]:
     return select(_files.c.status, func.count()).where(_files.c.job_id == job_id).group_by(_files.c.status)
 
 
-async def count_files_by_status(session: AsyncSession, job_id: str) -> dict[FileStatus, int]:
-    return {FileStatus(status): count for status, count in await session.execute(_count_by_status(job_id))}
+def count_files_by_status(session: Session, job_id: str) -> dict[FileStatus, int]:
+    """How many of the job's files have each status (statuses with none are absent)."""
+    return {FileStatus(status): count for status, count in session.execute(_count_by_status(job_id))}
 
 
 FileResultRow = Row[str, FileStatus, str | None, str | None, str | None]
 """``external_id``, ``status``, ``media_id``, ``code``, ``reason`` of one file (attribute access)."""
 
 
-async def list_file_results(session: AsyncSession, job_id: str) -> Sequence[FileResultRow]:
+def list_file_results(session: Session, job_id: str) -> Sequence[FileResultRow]:
     """A job's files in batch order, their result columns only, as plain rows: no metadata
     JSON to decode and no ORM objects to build, 1000 times for the status of a 1000-file
     job (about 27 of its 34 ms went to loading ORM objects)."""
-    return (await session.execute(_file_results(job_id))).all()
-
-
-def list_file_results_sync(session: Session, job_id: str) -> Sequence[FileResultRow]:
-    """`list_file_results` in a sync session (`Database.run_in_transaction`)."""
     return session.execute(_file_results(job_id)).all()
 
 
@@ -147,6 +144,9 @@ class ClaimedFiles:
     file interrupted ``max_leases`` times, to be imported with nothing else
     in its worker. ``suspects``: the job has such files, which a claim of
     this busy worker left; it should finish what it holds and claim again.
+    ``more``: the claim may have left free files (of this job or of a later
+    one); False when it took every free file it could see, so that a worker
+    need not claim again until a new job arrives or its poll comes round.
     """
 
     job_id: str
@@ -154,6 +154,7 @@ class ClaimedFiles:
     exhausted: int
     alone: bool = False
     suspects: bool = False
+    more: bool = True
 
 
 # A claim's statements, built once: Core on the tables (no ORM objects to
@@ -270,7 +271,7 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
     candidates = session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all()
     if terms.prefer_job is not None:
         candidates = [terms.prefer_job, *(j for j in candidates if j != terms.prefer_job)]
-    for job_id in candidates:
+    for index, job_id in enumerate(candidates):
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:
             continue
@@ -293,23 +294,34 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
                 _CLAIM_LEASE, {"ids": leased, "owner": terms.owner, "lease_until": terms.lease_until}
             )
             files = sorted((LeasedFile(*row) for row in returned), key=lambda f: f.position)
-        return ClaimedFiles(job_id, files, len(exhausted), alone, suspects=bool(suspects) and not alone)
+        more = (
+            len(rows) == limit
+            or len(exhausted) + len(leased) < len(rows)
+            or index < len(candidates) - 1
+            or len(candidates) >= CLAIM_JOB_CANDIDATES
+        )
+        return ClaimedFiles(
+            job_id, files, len(exhausted), alone, suspects=bool(suspects) and not alone, more=more
+        )
     return None
 
 
-async def any_claimable_files(session: AsyncSession, now: datetime) -> bool:
-    """Whether some started job has a pending file with no live lease (a cheap read before claiming)."""
-    query = (
-        select(ImportFile.id)
-        .join(ImportJob, ImportJob.id == ImportFile.job_id)
-        .where(
-            ImportJob.state == JobState.STARTED,
-            ImportFile.status == FileStatus.PENDING,
-            or_(ImportFile.lease_expires_at.is_(None), ImportFile.lease_expires_at < now),
-        )
-        .limit(1)
+_ANY_CLAIMABLE_FILE = (
+    select(_files.c.id)
+    .join(_jobs, _jobs.c.id == _files.c.job_id)
+    .where(
+        _jobs.c.state == JobState.STARTED,
+        _files.c.status == FileStatus.PENDING,
+        or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
     )
-    return (await session.execute(query)).first() is not None
+    .limit(1)
+)
+
+
+def any_claimable_files(session: Session, now: datetime) -> bool:
+    """Whether some started job has a pending file with no live lease (a cheap read before
+    claiming). Sync: `Database.run_read`."""
+    return session.execute(_ANY_CLAIMABLE_FILE, {"now": now}).first() is not None
 
 
 async def renew_file_leases(

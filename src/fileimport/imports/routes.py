@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -140,5 +141,4 @@ async def import_status(
         Query(min_length=1, max_length=64, pattern=NUL_FREE_PATTERN, description="The job id from the POST."),
     ],
 ) -> JobStatus:
-    async with runtime.db.reader() as session:
-        return await service.get_job_status(session, principal, id)
+    return await runtime.db.run_read(partial(service.get_job_status, principal=principal, job_id=id))

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from fileimport.auth.service import Principal
 from fileimport.core.address_guard import AddressGuard, BlockedAddressError, parse_ip
@@ -288,12 +289,13 @@ async def create_job(
     return job.id
 
 
-async def get_job_status(session: AsyncSession, principal: Principal, job_id: str) -> JobStatus:
-    """The status document of a job of the caller's project; raises NotFound."""
-    job = await repository.get_job(session, job_id, principal.project_id)
+def get_job_status(session: Session, principal: Principal, job_id: str) -> JobStatus:
+    """The status document of a job of the caller's project; raises NotFound. Sync: one
+    `Database.run_read` (a thread hop, not one per statement)."""
+    job = repository.get_job(session, job_id, principal.project_id)
     if job is None:
         raise NotFound({"id": f"no import job '{job_id}'"})
-    counts = await repository.count_files_by_status(session, job.id)
+    counts = repository.count_files_by_status(session, job.id)
     finished = job.state is not JobState.STARTED
     files = None
     if finished:
@@ -307,11 +309,11 @@ async def get_job_status(session: AsyncSession, principal: Principal, job_id: st
                 reason=f.reason,
                 code=f.code,
             )
-            for f in await repository.list_file_results(session, job.id)
+            for f in repository.list_file_results(session, job.id)
         ]
     webhook = None
     if job.webhook_url:
-        delivery = await webhook_repository.get_delivery_for_job(session, job.id)
+        delivery = webhook_repository.get_delivery_for_job(session, job.id)
         webhook = (
             WebhookStatus(
                 state=delivery.state,

@@ -1,4 +1,5 @@
-"""All SQL for webhook deliveries."""
+"""All SQL for webhook deliveries. Sync functions of a `Session`: they run in a worker thread
+(`Database.run_in_transaction`, `Database.run_read`), one hop per transaction."""
 
 from __future__ import annotations
 
@@ -6,20 +7,21 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from fileimport.projects.models import Project
 from fileimport.webhooks.models import DeliveryState, WebhookDelivery
 
 
-async def get_delivery_for_job(session: AsyncSession, job_id: str) -> WebhookDelivery | None:
-    return (
-        await session.execute(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+def get_delivery_for_job(session: Session, job_id: str) -> WebhookDelivery | None:
+    """The job's webhook delivery, or None (a job without a webhook URL, or not finished)."""
+    return session.execute(
+        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
     ).scalar_one_or_none()
 
 
-async def claim_due_deliveries(
-    session: AsyncSession, now: datetime, lease_until: datetime, limit: int
+def claim_due_deliveries(
+    session: Session, now: datetime, lease_until: datetime, limit: int
 ) -> Sequence[WebhookDelivery]:
     """Pending deliveries whose next attempt is due; pushes their next attempt to ``lease_until``.
 
@@ -27,48 +29,42 @@ async def claim_due_deliveries(
     take the same delivery until then, and a crashed worker's claim lapses.
     """
     due = (
-        (
-            await session.execute(
-                select(WebhookDelivery)
-                .where(
-                    WebhookDelivery.state == DeliveryState.PENDING,
-                    WebhookDelivery.next_attempt_at <= now,
-                )
-                .order_by(WebhookDelivery.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+        session.execute(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.state == DeliveryState.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
             )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
         .scalars()
         .all()
     )
     for delivery in due:
         delivery.next_attempt_at = lease_until
-    await session.flush()
+    session.flush()
     return due
 
 
-async def get_delivery(session: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
-    return await session.get(WebhookDelivery, delivery_id)
+def get_delivery(session: Session, delivery_id: str) -> WebhookDelivery | None:
+    return session.get(WebhookDelivery, delivery_id)
 
 
-async def next_due_at(session: AsyncSession) -> datetime | None:
+def next_due_at(session: Session) -> datetime | None:
     """When the earliest pending delivery is due, or None."""
-    return (
-        await session.execute(
-            select(WebhookDelivery.next_attempt_at)
-            .where(WebhookDelivery.state == DeliveryState.PENDING)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(1)
-        )
+    return session.execute(
+        select(WebhookDelivery.next_attempt_at)
+        .where(WebhookDelivery.state == DeliveryState.PENDING)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(1)
     ).scalar_one_or_none()
 
 
-async def webhook_secrets(session: AsyncSession, project_ids: set[int]) -> dict[int, str]:
+def webhook_secrets(session: Session, project_ids: set[int]) -> dict[int, str]:
     """The signing secret of each project, by project id."""
     if not project_ids:
         return {}
-    rows = await session.execute(
-        select(Project.id, Project.webhook_secret).where(Project.id.in_(project_ids))
-    )
+    rows = session.execute(select(Project.id, Project.webhook_secret).where(Project.id.in_(project_ids)))
     return {project_id: secret for project_id, secret in rows}

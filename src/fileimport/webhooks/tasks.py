@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import aiohttp
 import anyio
 import structlog
+from sqlalchemy.orm import Session
 
 from fileimport.core.db import utcnow
 from fileimport.core.runtime import Runtime
@@ -29,9 +31,12 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) 
     now = utcnow()
     # The claim pushes next_attempt_at past the longest an attempt can take.
     lease_until = now + timedelta(seconds=settings.webhook_timeout * 2 + 5)
-    async with runtime.db.transaction() as session:
-        due = await repository.claim_due_deliveries(session, now, lease_until, CLAIM_LIMIT)
-        secrets = await repository.webhook_secrets(session, {d.project_id for d in due})
+
+    def claim(session: Session) -> tuple[Sequence[WebhookDelivery], dict[int, str]]:
+        due = repository.claim_due_deliveries(session, now, lease_until, CLAIM_LIMIT)
+        return due, repository.webhook_secrets(session, {d.project_id for d in due})
+
+    due, secrets = await runtime.db.run_in_transaction(claim)
     # The claimed rows, as read under the claim: pending, and leased to this
     # worker until lease_until, so nobody else attempts or changes them meanwhile.
 
@@ -45,10 +50,13 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) 
             # attempts running beside it.
             log.exception("webhook.delivery.crashed", delivery_id=delivery_id)
             result = AttemptResult(False, True, None, f"unexpected error ({type(exc).__name__}); see the log")
-        async with runtime.db.transaction() as session:
-            stored = await repository.get_delivery(session, delivery_id)
+
+        def record(session: Session) -> None:
+            stored = repository.get_delivery(session, delivery_id)
             if stored is not None and stored.state == DeliveryState.PENDING:
                 record_attempt(stored, result, settings.webhook_retry_schedule, utcnow())
+
+        await runtime.db.run_in_transaction(record)
 
     async with anyio.create_task_group() as tg:
         for delivery in due:
@@ -58,8 +66,7 @@ async def deliver_due_webhooks(runtime: Runtime, client: aiohttp.ClientSession) 
 
 async def seconds_until_next_delivery(runtime: Runtime, cap: float) -> float:
     """Seconds until the earliest pending delivery is due, at most ``cap``."""
-    async with runtime.db.reader() as session:
-        due_at = await repository.next_due_at(session)
+    due_at = await runtime.db.run_read(repository.next_due_at)
     if due_at is None:
         return cap
     return max(0.0, min(cap, (due_at - utcnow()).total_seconds()))

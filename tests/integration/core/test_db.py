@@ -144,12 +144,14 @@ async def test_claims_go_round_robin_across_jobs_and_split_a_job_between_workers
         session.add_all([new_file("big", i) for i in range(6)] + [new_file("small", i) for i in range(2)])
 
     claims = [await claim(db, owner, now, limit=2) for owner in ("w1", "w2", "w1", "w2")]
-    assert [(c.job_id, [f.position for f in c.files]) for c in claims if c] == [
-        ("big", [0, 1]),
-        ("small", [0, 1]),
-        ("big", [2, 3]),
-        ("big", [4, 5]),
+    assert [(c.job_id, [f.position for f in c.files], c.more) for c in claims if c] == [
+        ("big", [0, 1], True),
+        ("small", [0, 1], True),  # "big" comes after it and has free files
+        ("big", [2, 3], True),  # a full claim: there may be more
+        ("big", [4, 5], True),
     ]
+    last = await claim(db, "w1", now, limit=3)
+    assert last is None
 
 
 async def test_a_job_smaller_than_a_claim_is_shared_half_by_half_down_to_the_download_slots(
@@ -165,6 +167,9 @@ async def test_a_job_smaller_than_a_claim_is_shared_half_by_half_down_to_the_dow
         ("w2", [5, 6]),  # half of 4, which is also the 2 download slots
         ("w1", [7, 8]),  # 2 left: a claim still fills the slots
     ]
+    # Whether a claim left free files: a worker whose download slot idles
+    # claims again only when its last claim said so.
+    assert [c.more for c in claims if c] == [True, True, False]
     assert claims[3] is None
 
 

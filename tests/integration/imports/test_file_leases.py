@@ -74,10 +74,13 @@ async def test_files_past_their_leases_fail_and_the_job_finishes_with_its_webhoo
         ):
             await import_claimed_files(FileImporter(runtime, fetcher, recorder), work)
 
-        async with runtime.db.transaction() as session:
-            job = await repository.get_job(session, job_id)
-            files = await repository.list_file_results(session, job_id)
-            delivery = await get_delivery_for_job(session, job_id)
+        job, files, delivery = await runtime.db.run_read(
+            lambda session: (
+                repository.get_job(session, job_id),
+                repository.list_file_results(session, job_id),
+                get_delivery_for_job(session, job_id),
+            )
+        )
         assert job is not None
         assert job.state is JobState.SUCCESS
         assert [(f.status, f.code) for f in files] == [(FileStatus.FAILED, "interrupted")] * 2

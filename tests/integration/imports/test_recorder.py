@@ -81,7 +81,9 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
         assert [r.status for r in results] == [FileStatus.SKIPPED, FileStatus.SUCCESS, FileStatus.SUCCESS]
         async with db.reader() as session:
             entries = (await session.execute(select(MediaEntry.external_id, MediaEntry.id))).all()
-            recorded = [(f.status, f.media_id) for f in await repository.list_file_results(session, job_id)]
+            recorded = [
+                (f.status, f.media_id) for f in await session.run_sync(repository.list_file_results, job_id)
+            ]
             assert await session.scalar(select(func.count()).select_from(MediaEntry)) == 3
         by_key = dict(entries)
         assert recorded == [
