@@ -301,7 +301,11 @@ class Worker:
             self.held.difference_update(ids)
             if claim.alone:
                 self.alone = False
-            self.runtime.dispatcher.wake(Topic.IMPORTS)
+            # Room for another claim: worth one if the last claim left files,
+            # if this one handed leases back, or if suspects wait for this
+            # worker to drain or to finish the one it held alone.
+            if self.more_free or not finished or self.draining or claim.alone:
+                self.runtime.dispatcher.wake(Topic.IMPORTS)
 
     async def _lease_loop(self) -> None:
         settings = self.runtime.settings
