@@ -9,7 +9,6 @@ does not do (the local rename fast path) runs in a worker thread.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import secrets
@@ -319,8 +318,10 @@ class ObjectStorage:
 
     For a `LocalStore`, `put_file` renames the file into place when it is on the
     same file system as the store's folder (no copy, however large the file),
-    and otherwise streams it through obstore. Uploads to other stores stream
-    the file (multipart above 5 MiB), never holding it whole in memory.
+    and otherwise copies it in the kernel; either way it is flushed before
+    the call returns (`fileimport.core.group_commit`). Uploads to other
+    stores stream the file (multipart above 5 MiB), never holding it whole
+    in memory.
 
     Args:
         store: the obstore store; keys are relative to its prefix.
@@ -407,16 +408,16 @@ class ObjectStorage:
         """
         _check_key(key)
         if self._local_root is not None and self._commits is not None:
+            # A file on another file system is copied by the batch, not
+            # renamed (`LocalWrite`): flushed all the same.
             target = self._local_root.joinpath(*key.split("/"))
             try:
                 await self._commits.write(
                     LocalWrite(target, source=path, content_addressed=content_addressed)
                 )
             except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise _storage_error("store", key, exc) from exc
-            else:
-                return
+                raise _storage_error("store", key, exc) from exc
+            return
         try:
             await obstore.put_async(self._store, key, path)
         except (ObstoreError, OSError) as exc:
