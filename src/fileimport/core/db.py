@@ -109,6 +109,13 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
     cursor.close()
 
 
+def _sqlite_on_connect_read_only(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    _sqlite_on_connect(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")  # a write is an error, not a surprise
+    cursor.close()
+
+
 def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -122,11 +129,14 @@ def create_engine(url: str, *, echo: bool = False, read_only: bool = False) -> A
 
     On SQLite, ``read_only`` engines begin with a plain (deferred) BEGIN: in
     WAL mode readers then never wait for the write lock that BEGIN IMMEDIATE
-    takes, so status calls do not queue behind imports.
+    takes, so status calls do not queue behind imports. Their connections
+    refuse writes (``PRAGMA query_only``).
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, pool_size=8, max_overflow=8)
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(
+            engine.sync_engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect
+        )
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin_read if read_only else _sqlite_on_begin)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -139,9 +149,9 @@ def create_thread_engine(url: str, *, read_only: bool = False) -> Engine:
     """A sync engine for ``url`` (given in its async form) whose connections are used from worker threads.
 
     ``sqlite+aiosqlite`` becomes the standard library's sqlite3 (pysqlite),
-    with the same pragmas and BEGIN IMMEDIATE (a plain BEGIN when
-    ``read_only``, as in `create_engine`); ``postgresql+psycopg`` is psycopg
-    3 in its sync mode.
+    with the same pragmas and BEGIN IMMEDIATE (a plain BEGIN and no writes
+    when ``read_only``, as in `create_engine`); ``postgresql+psycopg`` is
+    psycopg 3 in its sync mode, its transactions READ ONLY when ``read_only``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -151,10 +161,11 @@ def create_thread_engine(url: str, *, read_only: bool = False) -> Engine:
             max_overflow=4,
             connect_args={"check_same_thread": False},
         )
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin_read if read_only else _sqlite_on_begin)
         return engine
-    return create_sync_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    engine = create_sync_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    return engine.execution_options(postgresql_readonly=True) if read_only else engine
 
 
 class Database:
@@ -228,14 +239,10 @@ class Database:
         touch the event loop.
         """
         if self._thread_read_sessionmaker is None:
-            if self.url.startswith("sqlite"):
-                self._thread_read_engine = create_thread_engine(self.url, read_only=True)
-                engine = self._thread_read_engine
-            else:  # no write lock to keep readers from: the same pool
-                if self._thread_engine is None:
-                    self._thread_engine = create_thread_engine(self.url)
-                engine = self._thread_engine
-            self._thread_read_sessionmaker = sessionmaker(engine, expire_on_commit=False)
+            # A pool of its own, so that many API reads at once cannot keep
+            # the claims and results of the import from a connection.
+            self._thread_read_engine = create_thread_engine(self.url, read_only=True)
+            self._thread_read_sessionmaker = sessionmaker(self._thread_read_engine, expire_on_commit=False)
         factory = self._thread_read_sessionmaker
 
         def run() -> T:

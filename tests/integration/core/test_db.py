@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+import anyio
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from fileimport.core.db import Database, utcnow
 from fileimport.core.settings import Settings
@@ -104,6 +107,36 @@ async def claim(
             interrupted_reason="gone",
         )
     )
+
+
+async def test_reads_in_a_thread_see_commits_do_not_write_and_do_not_wait_for_a_writer(db: Database) -> None:
+    project_id = await new_project_id(db)
+    now = utcnow()
+    await add_job(db, project_id, now, [new_file("j", 0)])
+
+    assert await db.run_read(lambda session: repository.any_claimable_files(session, now))
+    job = await db.run_read(lambda session: repository.get_job(session, "j", project_id))
+    assert job is not None
+    assert job.id == "j"
+
+    def write(session: Session) -> None:
+        session.execute(update(ImportJob).values(system_name="changed"))
+        session.flush()
+        session.commit()
+
+    # Read-only transactions (PostgreSQL), read-only connections (SQLite).
+    with pytest.raises(DBAPIError, match=r"read-only|readonly"):
+        await db.run_read(write)
+    names = await db.run_read(lambda session: session.scalars(select(ImportJob.system_name)).all())
+    assert names == ["s"]
+
+    # A writer holding the lock (SQLite: BEGIN IMMEDIATE) does not hold reads up.
+    async with db.transaction() as session:
+        await session.execute(update(ImportJob).values(claimed_at=now))
+        with anyio.fail_after(5):
+            assert await db.run_read(lambda s: repository.count_files_by_status(s, "j")) == {
+                FileStatus.PENDING: 1
+            }
 
 
 async def test_claim_takes_free_and_expired_leases_only_in_batch_order(db: Database) -> None:
