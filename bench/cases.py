@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -224,12 +226,49 @@ class BackendBench:
             empty_blob_store(self.data_dir)
             if case == "a":
                 self.finished_job = job.job_id
-            runs.append(self._run_record(job, curl, len(files), total_bytes))
+            record = self._run_record(job, curl, len(files), total_bytes)
+            alone = ""
+            if case == "b":
+                os.sync()
+                record["fetcher_alone_seconds"] = self._fetcher_alone(urls)
+                record["fetcher_alone_mb_per_s"] = total_bytes / MB / record["fetcher_alone_seconds"]
+                alone = f", the fetcher alone {record['fetcher_alone_seconds']:.3f} s"
+            runs.append(record)
             self.say(
                 f"({case}) run {run + 1}/{self.s.runs}: service {job.seconds:.3f} s, curl {curl.seconds:.3f} s"
+                + alone
                 + ("" if job.ok else f", {len(job.failures)} FAILED")
             )
-        return self._summary(runs, files=len(files), total_bytes=total_bytes)
+        summary = self._summary(runs, files=len(files), total_bytes=total_bytes)
+        if case == "b":
+            summary["fetcher_alone_mb_per_s"] = median([r["fetcher_alone_mb_per_s"] for r in runs])
+        return summary
+
+    def _fetcher_alone(self, urls: list[str]) -> float:
+        """Seconds the service's fetcher alone takes for ``urls`` (`bench/fetcher_alone.py`), at the
+        service's whole concurrency in one process."""
+        spool = self.s.workdir / "fetcher-alone-spool"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-P",  # not bench/ on sys.path: its modules' names are nobody else's business
+                str(Path(__file__).with_name("fetcher_alone.py")),
+                str(spool),
+                str(self.s.concurrency),
+            ],
+            input=json.dumps(urls),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"bench/fetcher_alone.py exited {done.returncode}: {done.stderr.strip()[-500:]}"
+            )
+        seconds: float = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+        return seconds
 
     @staticmethod
     def _run_record(job: JobRun, curl: Download, files: int, total_bytes: int) -> dict[str, Any]:

@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(origin_check(LABELS[key], value["results"]))
             print(cpu_notes(LABELS[key], value["results"]))
+            note = fetcher_note(LABELS[key], value["results"])
+            if note:
+                print(note)
             errors = {
                 c: r["error"] for c, r in value["results"].items() if isinstance(r, dict) and "error" in r
             }
@@ -473,6 +476,19 @@ def cpu_notes(label: str, results: dict[str, Any]) -> str:
                 machine += " (other work competed for the CPU: every figure is noisy, the service's most)"
         machine += "."
     return f"{label}: service CPU: {'; '.join(parts) or 'no throughput case ran'}.{machine}"
+
+
+def fetcher_note(label: str, results: dict[str, Any]) -> str | None:
+    """Case (b)'s floor: the service's fetcher alone on the same URLs, beside curl and the service."""
+    found = results.get("b")
+    if not found or "error" in found or not found.get("fetcher_alone_mb_per_s"):
+        return None
+    alone, curl = found["fetcher_alone_mb_per_s"], found["curl_mb_per_s"]
+    return (
+        f"{label}: (b) the service's fetcher alone (bench/fetcher_alone.py: one process, concurrency as "
+        f"curl's, no database, probe, store or API): {alone:,.0f} MB/s = {alone / curl:.0%} of curl; "
+        f"the whole import {found['service_mb_per_s']:,.0f} MB/s = {found['ratio']:.0%}."
+    )
 
 
 def run_profiles(
