@@ -43,6 +43,7 @@ from fileimport.auth.service import (
     revoke_token,
 )
 from fileimport.core.dispatch import Topic
+from fileimport.core.errors import validation_details
 from fileimport.core.logging import configure_logging
 from fileimport.core.processes import pid_prefix, remove_folders_of_dead_processes
 from fileimport.core.settings import Settings, get_settings
@@ -69,7 +70,8 @@ def _settings(*, storage: bool = False) -> Settings:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        err.print(f"[red]invalid settings:[/red] {exc}")
+        problems = _validation_text(exc, name=lambda path: f"FILEIMPORT_{path.upper()}")
+        err.print(f"[red]invalid settings:[/red] {escape(problems)}", soft_wrap=True)
         raise typer.Exit(2) from None
     if storage:
         from fileimport.core.storage import open_storage
@@ -472,15 +474,31 @@ def _redact(url: str) -> str:
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
+def _validation_text(exc: ValidationError, *, name: Callable[[str], str] = str) -> str:
+    """A pydantic error as ``field: problem; field: problem`` (one line, no links to pydantic's
+    docs). A problem at a field that contains another reported field is left out: pydantic
+    adds one ("should have at least 1 item") when an item of a list fails."""
+    details = validation_details(list(exc.errors()))
+    kept = [
+        (path, problem)
+        for path, problem in details.items()
+        if not any(other.startswith(f"{path}.") for other in details)
+    ]
+    return "; ".join(f"{name(path)}: {problem}" if path != "body" else problem for path, problem in kept)
+
+
 def _load_config(path: Path) -> ProjectConfig:
     try:
         data = yaml.safe_load(path.read_text())  # JSON is YAML too
-        return ProjectConfig.model_validate(data or {})
+        return ProjectConfig.for_new_project(data or {})
     except (OSError, yaml.YAMLError) as exc:
-        err.print(f"[red]cannot read {path}:[/red] {exc}")
+        err.print(f"[red]cannot read {escape(str(path))}:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except ValidationError as exc:
-        err.print(f"[red]invalid configuration in {path}:[/red]\n{exc}")
+        err.print(
+            f"[red]invalid configuration in {escape(str(path))}:[/red] {escape(_validation_text(exc))}",
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from None
 
 

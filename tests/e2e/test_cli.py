@@ -240,6 +240,59 @@ def test_bad_storage_settings_stop_the_command_in_one_line(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        (
+            {"FILEIMPORT_STORAGE_OPTIONS": "not json"},
+            "FILEIMPORT_STORAGE_OPTIONS: must be a JSON object of option names to values",
+        ),
+        (
+            {"FILEIMPORT_WORKER_CONCURRENCY": "abc", "FILEIMPORT_FETCH_ALLOWED_NETWORKS": "notacidr"},
+            "FILEIMPORT_WORKER_CONCURRENCY: Input should be a valid integer, unable to parse string as an "
+            "integer; FILEIMPORT_FETCH_ALLOWED_NETWORKS: 'notacidr' does not appear to be an IPv4 or IPv6 network",
+        ),
+    ],
+)
+def test_bad_settings_are_named_by_their_variable_in_one_line(
+    tmp_path: Path, variables: dict[str, str], said: str
+) -> None:
+    done = run(service_env(tmp_path / "var", **variables), "worker")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[0].startswith(f"invalid settings: {said}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "errors.pydantic.dev" not in done.stderr
+
+
+def test_a_configuration_that_could_not_work_is_refused_naming_each_problem(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var")
+    cli(env, "migrate")
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "mediaTypes:\n"
+        "  - handle: image\n"
+        "    type: mediaImage\n"
+        "    maxFileSize: 0\n"
+        "    allowedMimeTypes: [not a mime]\n"
+        "    metadata: [{handle: title}, {handle: title, type: number}]\n"
+        "  - {handle: file, type: mediaFile, maxFileSize: 15XB}\n"
+    )
+    done = run(env, "project", "create", "bad", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    said = done.stderr.strip()
+    assert said.startswith(f"invalid configuration in {config}: "), said
+    for problem in (
+        "mediaTypes.0.maxFileSize: must be at least 1 byte",
+        "mediaTypes.0.allowedMimeTypes: 'not a mime' is not a MIME type or pattern",
+        "mediaTypes.0.metadata: field 'title' is declared twice",
+        "mediaTypes.1.maxFileSize: could not interpret byte unit: XB",
+    ):
+        assert problem in said, said
+    assert "at least 1 item" not in said  # pydantic's follow-on error about the list
+    assert "errors.pydantic.dev" not in said
+    assert run(env, "project", "show", "bad").returncode == 1
+
+
 def test_a_command_on_a_database_never_migrated_says_to_migrate(tmp_path: Path) -> None:
     env = service_env(tmp_path / "var")
     done = run(env, "project", "show", "default")  # no data folder yet

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from fileimport.core.errors import ValidationFailed
 from fileimport.core.urls import IPV4_FORM_PROBLEM, MAX_URL_LENGTH, check_http_url, host_problem
@@ -501,3 +502,66 @@ def test_metadata_keys_that_look_like_numbers_are_validation_problems(key: str) 
     with pytest.raises(ValidationFailed) as caught:
         validate_import_request(body, CONFIG, MAX_BATCH_FILES)
     assert f"files.0.metadata.{key}" in caught.value.details
+
+
+def test_without_a_media_type_metadata_is_refused_at_once_only_when_no_type_takes_it() -> None:
+    # The type is chosen from the bytes after the download; until then a value
+    # one type takes must not be refused for another type's rule.
+    config = ProjectConfig(
+        media_types=(
+            MediaTypeConfig(
+                handle="image",
+                type=MediaKind.IMAGE,
+                max_file_size=1000,
+                metadata=(MetadataField(handle="title", maxLength=5),),
+            ),
+            MediaTypeConfig(
+                handle="file",
+                type=MediaKind.FILE,
+                max_file_size=1000,
+                metadata=(MetadataField(handle="title", maxLength=10),),
+            ),
+        )
+    )
+
+    def problems(metadata: dict[str, Any]) -> dict[str, str]:
+        body = {
+            "systemName": "s",
+            "files": [{"url": "http://h/a", "id": "a", "fileName": "a", "metadata": metadata}],
+        }
+        try:
+            validate_import_request(body, config, MAX_BATCH_FILES)
+        except ValidationFailed as exc:
+            return dict(exc.details)
+        return {}
+
+    assert problems({"title": "eight ch"}) == {}  # too long for an image, fine for a file
+    assert problems({"title": "eleven char"}) == {"files.0.metadata.title": "must be at most 5 characters"}
+    assert problems({"caption": "x"}) == {
+        "files.0.metadata.caption": "is not a metadata field of any media type"
+    }
+    assert problems({"title": None}) == {}
+
+
+def test_checks_for_a_new_configuration_do_not_stop_a_stored_one_from_loading() -> None:
+    # Stored before the checks existed: the project's imports must go on.
+    stored = {
+        "mediaTypes": [{"handle": "file", "type": "mediaFile", "maxFileSize": 0, "allowedMimeTypes": ["x"]}]
+    }
+    assert ProjectConfig.model_validate(stored).media_types[0].max_file_size == 0
+    with pytest.raises(ValidationError) as caught:
+        ProjectConfig.for_new_project(stored)
+    assert {tuple(e["loc"]) for e in caught.value.errors()} >= {
+        ("mediaTypes", 0, "maxFileSize"),
+        ("mediaTypes", 0, "allowedMimeTypes"),
+    }
+
+
+@pytest.mark.parametrize(
+    "pattern", ["image/png", "image/*", "*/*", "*", "application/vnd.api+json", "audio/x-wav"]
+)
+def test_mime_types_and_patterns_of_a_new_configuration(pattern: str) -> None:
+    config = {
+        "mediaTypes": [{"handle": "f", "type": "mediaFile", "maxFileSize": 1, "allowedMimeTypes": [pattern]}]
+    }
+    assert ProjectConfig.for_new_project(config).media_types[0].allowed_mime_types == (pattern,)

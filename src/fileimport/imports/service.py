@@ -146,7 +146,6 @@ def _path_key(path: str) -> tuple[Any, ...]:
 def _batch_problems(raw_files: list[Any], config: ProjectConfig) -> dict[str, str]:
     problems: dict[str, str] = {}
     first_position: dict[str, int] = {}
-    known_fields = config.known_metadata_fields()
     for index, raw in enumerate(raw_files):
         if not isinstance(raw, dict):
             continue
@@ -166,12 +165,9 @@ def _batch_problems(raw_files: list[Any], config: ProjectConfig) -> dict[str, st
                 for key, problem in media_type.metadata_problems(metadata).items():
                     problems[f"files.{index}.metadata.{key}"] = problem
         elif isinstance(metadata, dict):
-            # The media type is chosen from the bytes later; check what every type would.
+            # The media type is chosen from the bytes later: refuse now only what no type takes.
             for key, value in metadata.items():
-                field = known_fields.get(key)
-                if field is None:
-                    problems[f"files.{index}.metadata.{key}"] = "is not a metadata field of any media type"
-                elif value is not None and (field_problem := field.check(value)):
+                if field_problem := config.metadata_problem_for_any_type(key, value):
                     problems[f"files.{index}.metadata.{key}"] = field_problem
     return problems
 

@@ -8,10 +8,11 @@ bytes, as pydantic's ``ByteSize`` reads them).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -82,8 +83,28 @@ DEFAULT_METADATA = (
 )
 
 
+NEW_CONFIG = "new_config"
+"""Validation context key: set by `ProjectConfig.for_new_project` only."""
+
+# RFC 6838 §4.2 restricted names, or a pattern of this service (type/*, */*, *).
+_MIME_TYPE_OR_PATTERN = re.compile(
+    r"\*|\*/\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/(?:\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})"
+)
+
+
+def _new(info: ValidationInfo) -> bool:
+    """Whether a configuration is being created (checked strictly), not loaded as once stored."""
+    return bool(info.context and info.context.get(NEW_CONFIG))
+
+
 class MediaTypeConfig(BaseModel):
-    """A media type: its handle, kind, accepted MIME types, size limit and metadata fields."""
+    """A media type: its handle, kind, accepted MIME types, size limit and metadata fields.
+
+    A new configuration (`ProjectConfig.for_new_project`) must also have a
+    size limit of at least 1 byte, MIME types or patterns that can match
+    (``image/png``, ``image/*``, ``*/*``) and each metadata field once;
+    configurations stored before these checks load as they are.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -92,6 +113,38 @@ class MediaTypeConfig(BaseModel):
     max_file_size: ByteSize = Field(alias="maxFileSize")
     allowed_mime_types: tuple[str, ...] = Field(default=(), alias="allowedMimeTypes")
     metadata: tuple[MetadataField, ...] = DEFAULT_METADATA
+
+    @field_validator("max_file_size")
+    @classmethod
+    def _at_least_one_byte(cls, value: ByteSize, info: ValidationInfo) -> ByteSize:
+        if _new(info) and value < 1:
+            raise ValueError("must be at least 1 byte: every file would fail as too large")
+        return value
+
+    @field_validator("allowed_mime_types")
+    @classmethod
+    def _mime_types_or_patterns(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if _new(info):
+            for pattern in value:
+                if not _MIME_TYPE_OR_PATTERN.fullmatch(pattern):
+                    raise ValueError(
+                        f"{pattern!r} is not a MIME type or pattern (type/subtype, type/*, */*): "
+                        "it would match no file"
+                    )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _fields_once(
+        cls, value: tuple[MetadataField, ...], info: ValidationInfo
+    ) -> tuple[MetadataField, ...]:
+        if _new(info):
+            seen: set[str] = set()
+            for field in value:
+                if field.handle in seen:
+                    raise ValueError(f"field '{field.handle}' is declared twice; only the first would count")
+                seen.add(field.handle)
+        return value
 
     def accepts_mime_type(self, mime_type: str) -> bool:
         """Whether a file of ``mime_type`` may be stored as this media type.
@@ -160,6 +213,14 @@ class ProjectConfig(BaseModel):
         default=DEFAULT_MEDIA_TYPES, alias="mediaTypes", min_length=1
     )
 
+    @classmethod
+    def for_new_project(cls, data: Any) -> Self:
+        """``data`` (the YAML or JSON file's content) validated strictly, as for a new project.
+
+        Raises pydantic's ``ValidationError``.
+        """
+        return cls.model_validate(data, context={NEW_CONFIG: True})
+
     @model_validator(mode="after")
     def _unique_handles(self) -> ProjectConfig:
         handles = [m.handle for m in self.media_types]
@@ -185,13 +246,22 @@ class ProjectConfig(BaseModel):
         ]
         return next((m for m in order if m.accepts_mime_type(mime_type)), None)
 
-    def known_metadata_fields(self) -> dict[str, MetadataField]:
-        """Every field any media type declares (first declaration wins), by handle."""
-        fields: dict[str, MetadataField] = {}
-        for media_type in self.media_types:
-            for field in media_type.metadata:
-                fields.setdefault(field.handle, field)
-        return fields
+    def metadata_problem_for_any_type(self, handle: str, value: Any) -> str | None:
+        """What is wrong with metadata field ``handle`` set to ``value`` whatever the media type;
+        None when some media type would take it.
+
+        For a file whose media type is chosen from its bytes after the download:
+        refused at once only what no type accepts (a field no type declares, a
+        value every declaring type refuses); the chosen type's own rules are
+        checked once it is known (``invalid_metadata``).
+        """
+        declared = [f for m in self.media_types for f in m.metadata if f.handle == handle]
+        if not declared:
+            return "is not a metadata field of any media type"
+        if value is None:
+            return None
+        problems = [f.check(value) for f in declared]
+        return problems[0] if all(problems) else None
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as stored in the database (aliases, plain types)."""
