@@ -224,7 +224,12 @@ class Worker:
                     # its download slots is idle (the importer wakes this loop).
                     break
             # After a failed claim, longer (a new job's wake-up still tries at once).
-            await self.runtime.dispatcher.wait(Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds))
+            if await self.runtime.dispatcher.wait(
+                Topic.IMPORTS, self.claims.wait(settings.worker_poll_seconds)
+            ):
+                # Perhaps a new job: worth a claim once there is room, even if
+                # this wake-up finds the worker holding all it may.
+                self.more_free = True
 
     def _on_slot_idle(self) -> None:
         """A download slot is idle: claim more, unless the last claim took every free file.

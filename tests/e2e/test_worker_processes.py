@@ -238,3 +238,48 @@ def test_metrics_count_what_the_worker_processes_import(tmp_path: Path) -> None:
     )
     assert re.search(r'^fileimport_jobs_finished_total\{state="success"\} 1\.0$', metrics, re.MULTILINE)
     assert not Path(shared.decode()).exists()  # removed when serve stopped
+
+
+def test_a_job_posted_while_the_worker_holds_all_it_may_starts_when_room_frees(tmp_path: Path) -> None:
+    """A busy worker that took every free file and holds as many as it may when a job comes in
+    cannot claim at the wake-up; it must claim once a claim of its own ends, not at its next
+    poll (60 s here)."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.png").write_bytes(png_bytes(8 + i, 8))
+    env = service_env(
+        tmp_path / "var",
+        FILEIMPORT_WORKER_POLL_SECONDS="60",
+        FILEIMPORT_WORKER_CONCURRENCY="1",  # claims of 4 files, 8 held at most
+        FILEIMPORT_FETCH_PER_ORIGIN_CONCURRENCY="1",
+    )
+    token = prepare(env)
+    headers = {"Authorization": f"Bearer {token}"}
+    with serve_directory(root, delay=0.4) as origin, serve_process(env, token) as service:
+
+        def post(prefix: str, count: int) -> str:
+            files = [
+                {"url": f"{origin}/{i}.png", "id": f"{prefix}{i}", "fileName": f"{i}.png"}
+                for i in range(count)
+            ]
+            answer = httpx2.post(
+                f"{service.base_url}/api/v1/import/files",
+                json={"systemName": "s", "files": files},
+                headers=headers,
+                timeout=30,
+            )
+            job_id: str = answer.json()["id"]
+            return job_id
+
+        def finished(job_id: str) -> bool:
+            status = httpx2.get(
+                f"{service.base_url}/api/v1/import/files/status", params={"id": job_id}, headers=headers
+            ).json()
+            return bool(status["finished"])
+
+        first = post("a", 5)
+        time.sleep(0.5)  # claimed at once: 4, then the last 1; nothing free, 5 held (4 more do not fit)
+        second = post("b", 2)
+        wait_until(lambda: finished(first), 20, "the first job should finish")
+        wait_until(lambda: finished(second), 20, "the second job waited for the worker's poll")

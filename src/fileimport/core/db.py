@@ -97,6 +97,10 @@ def str_enum(enum: type[StrEnum]) -> Enum:
     )
 
 
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite statement waits for another connection's lock before it fails."""
+
+
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # Take transaction control from the driver so that "begin" can emit
     # BEGIN IMMEDIATE itself.
@@ -104,7 +108,7 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -145,6 +149,10 @@ def create_engine(url: str, *, echo: bool = False, read_only: bool = False) -> A
 T = TypeVar("T")
 
 
+THREAD_POOL_CONNECTIONS = 8
+"""Connections at most of each thread engine (`create_thread_engine`)."""
+
+
 def create_thread_engine(url: str, *, read_only: bool = False) -> Engine:
     """A sync engine for ``url`` (given in its async form) whose connections are used from worker threads.
 
@@ -157,14 +165,19 @@ def create_thread_engine(url: str, *, read_only: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = create_sync_engine(
             parsed.set(drivername="sqlite"),
-            pool_size=4,
-            max_overflow=4,
+            pool_size=THREAD_POOL_CONNECTIONS // 2,
+            max_overflow=THREAD_POOL_CONNECTIONS // 2,
             connect_args={"check_same_thread": False},
         )
         event.listen(engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin_read if read_only else _sqlite_on_begin)
         return engine
-    engine = create_sync_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    engine = create_sync_engine(
+        parsed,
+        pool_size=THREAD_POOL_CONNECTIONS // 2,
+        max_overflow=THREAD_POOL_CONNECTIONS // 2,
+        pool_pre_ping=True,
+    )
     return engine.execution_options(postgresql_readonly=True) if read_only else engine
 
 
@@ -180,6 +193,7 @@ class Database:
         self._thread_sessionmaker: sessionmaker[Session] | None = None
         self._thread_read_engine: Engine | None = None
         self._thread_read_sessionmaker: sessionmaker[Session] | None = None
+        self._read_threads: anyio.CapacityLimiter | None = None
         # SQLite: a second pool whose transactions do not take the write lock.
         self._read_engine = create_engine(url, read_only=True) if url.startswith("sqlite") else None
         self.read_sessionmaker = (
@@ -239,17 +253,20 @@ class Database:
         touch the event loop.
         """
         if self._thread_read_sessionmaker is None:
-            # A pool of its own, so that many API reads at once cannot keep
-            # the claims and results of the import from a connection.
+            # A pool and threads of their own, as many threads as connections:
+            # many API reads at once can neither keep the claims and results of
+            # the import from a connection nor fill anyio's default thread pool
+            # (which transactions and stores share) with reads waiting for one.
             self._thread_read_engine = create_thread_engine(self.url, read_only=True)
             self._thread_read_sessionmaker = sessionmaker(self._thread_read_engine, expire_on_commit=False)
+            self._read_threads = anyio.CapacityLimiter(THREAD_POOL_CONNECTIONS)
         factory = self._thread_read_sessionmaker
 
         def run() -> T:
             with factory() as session:  # closing it rolls its transaction back
                 return work(session)
 
-        return await anyio.to_thread.run_sync(run)
+        return await anyio.to_thread.run_sync(run, limiter=self._read_threads)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:

@@ -30,8 +30,8 @@ class Dispatcher(Protocol):
     def wake_all(self, topic: Topic) -> None:
         """`wake`, and wake the worker processes this process started too (new work for all)."""
 
-    async def wait(self, topic: Topic, seconds: float) -> None:
-        """Return when woken for ``topic`` or after ``seconds``, whichever is first."""
+    async def wait(self, topic: Topic, seconds: float) -> bool:
+        """Return when woken for ``topic`` (True) or after ``seconds`` (False), whichever is first."""
 
 
 class InProcessDispatcher:
@@ -54,9 +54,11 @@ class InProcessDispatcher:
         if self._wake_children is not None:
             self._wake_children(topic)
 
-    async def wait(self, topic: Topic, seconds: float) -> None:
-        """Return when woken for ``topic`` or after ``seconds``, whichever is first."""
+    async def wait(self, topic: Topic, seconds: float) -> bool:
+        """Return when woken for ``topic`` (True) or after ``seconds`` (False), whichever is first."""
         event = self._events[topic]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
+        woken = event.is_set()
         event.clear()
+        return woken

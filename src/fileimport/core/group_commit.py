@@ -29,7 +29,6 @@ import errno
 import os
 import platform
 import secrets
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +45,6 @@ MAX_BATCH = 256
 @dataclass
 class LocalWrite:
     """One blob to place at ``target``: ``data`` to write, or the file ``source`` to move.
-
-    A ``source`` on another file system than the store (a spool folder
-    elsewhere) cannot be renamed into place: it is copied into a part file
-    beside the targets (``copy_file_range``/``sendfile`` through
-    ``shutil.copyfile``, not through memory), flushed and renamed like
-    written data, and removed once its copy is in place.
 
     ``content_addressed``: the target's name is its content's SHA-256, so a
     file already there with the same size is kept and only its time of
@@ -156,15 +149,15 @@ def commit_writes(writes: Sequence[LocalWrite], flush: Flush | None, parts: Path
     it, and nothing of it is left but, for a move, its ``source``); a failed
     flush is every blob's error. On success a moved ``source`` is gone.
     """
-    try:
-        parts.mkdir(parents=True, exist_ok=True)
-        parts_device = os.stat(parts).st_dev
-    except OSError as exc:
-        for write in writes:
-            write.error = exc
-        return
+    if any(w.data is not None for w in writes):
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            for write in writes:
+                write.error = exc
+            return
     for write in writes:
-        _capture(write, _stage, write, flush is not None, parts, parts_device)
+        _capture(write, _stage, write, flush is not None, parts)
     staged = [w for w in writes if w._staged is not None]
     if flush is not None and staged:
         try:
@@ -198,10 +191,9 @@ def _fail(write: LocalWrite, exc: OSError) -> None:
     write._staged = None
 
 
-def _stage(write: LocalWrite, flushed: bool, parts: Path, parts_device: int) -> None:
+def _stage(write: LocalWrite, flushed: bool, parts: Path) -> None:
     """Write the part file (or check the file to move); or refresh a blob already stored."""
     data = write.data
-    source_stat = None
     if write.source is not None:
         source_stat = os.lstat(write.source)
         if not stat.S_ISREG(source_stat.st_mode):
@@ -215,15 +207,10 @@ def _stage(write: LocalWrite, flushed: bool, parts: Path, parts_device: int) -> 
             write.source.unlink()
         return
     write.target.parent.mkdir(parents=True, exist_ok=True)
-    part = parts / f"{write.target.name}.{secrets.token_hex(6)}"
-    if write.source is not None and source_stat is not None:
-        if source_stat.st_dev == parts_device:  # a file to move: it is its own part file
-            write._staged = write.source
-        else:  # on another file system: copied, flushed with the batch, then renamed
-            write._staged = part
-            shutil.copyfile(write.source, part)
+    if data is None:  # a file to move: it is its own part file
+        write._staged = write.source
         return
-    assert data is not None  # noqa: S101 - a LocalWrite has data or a source
+    part = parts / f"{write.target.name}.{secrets.token_hex(6)}"
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     write._staged = part
     try:
@@ -238,10 +225,7 @@ def _stage(write: LocalWrite, flushed: bool, parts: Path, parts_device: int) -> 
 def _rename(write: LocalWrite) -> None:
     assert write._staged is not None  # noqa: S101 - only staged writes are renamed
     os.replace(write._staged, write.target)
-    copied_from = write.source if write._staged != write.source else None
     write._staged = None
-    if copied_from is not None:
-        copied_from.unlink(missing_ok=True)  # its copy is in place
 
 
 def _refresh_if_stored(target: Path, size: int) -> bool:

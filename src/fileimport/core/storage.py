@@ -9,6 +9,8 @@ does not do (the local rename fast path) runs in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import secrets
@@ -317,11 +319,11 @@ class ObjectStorage:
     """`BlobStorage` over an obstore store (`LocalStore`, `S3Store`, `MemoryStore`).
 
     For a `LocalStore`, `put_file` renames the file into place when it is on the
-    same file system as the store's folder (no copy, however large the file),
-    and otherwise copies it in the kernel; either way it is flushed before
-    the call returns (`fileimport.core.group_commit`). Uploads to other
-    stores stream the file (multipart above 5 MiB), never holding it whole
-    in memory.
+    same mount as the store's folder (no copy, however large the file), and
+    otherwise copies it beside the store first (`_put_copy`); with ``fsync``
+    (the default) the blob is on disk before the call returns either way
+    (`fileimport.core.group_commit`). Uploads to other stores stream the file
+    (multipart above 5 MiB), never holding it whole in memory.
 
     Args:
         store: the obstore store; keys are relative to its prefix.
@@ -408,15 +410,17 @@ class ObjectStorage:
         """
         _check_key(key)
         if self._local_root is not None and self._commits is not None:
-            # A file on another file system is copied by the batch, not
-            # renamed (`LocalWrite`): flushed all the same.
             target = self._local_root.joinpath(*key.split("/"))
             try:
                 await self._commits.write(
                     LocalWrite(target, source=path, content_addressed=content_addressed)
                 )
             except OSError as exc:
-                raise _storage_error("store", key, exc) from exc
+                if exc.errno != errno.EXDEV:
+                    raise _storage_error("store", key, exc) from exc
+            else:
+                return
+            await self._put_copy(key, target, path, content_addressed)
             return
         try:
             await obstore.put_async(self._store, key, path)
@@ -428,6 +432,30 @@ class ObjectStorage:
             pass
         except OSError as exc:
             raise _storage_error("remove the uploaded source of", key, exc) from exc
+
+    async def _put_copy(self, key: str, target: Path, path: Path, content_addressed: bool) -> None:
+        """`put_file` for a file that cannot be renamed into the store (EXDEV).
+
+        ``path`` is on another mount: a spool folder on another file system, or
+        a bind mount of the same one (same device number, and still EXDEV,
+        rename(2)). It is copied beside the store's part files in a thread hop
+        of its own, not in a batch (a copy of gigabytes would hold every other
+        blob up), and the copy is placed like any moved file: flushed, renamed,
+        its folder flushed. Then ``path`` is removed. Until 2026-11-30 this fell
+        back to obstore's put, which does not flush.
+        """
+        assert self._commits is not None  # noqa: S101 - local stores only
+        try:
+            copy = await anyio.to_thread.run_sync(_copy_beside, path, self._parts_folder())
+        except OSError as exc:
+            raise _storage_error("store", key, exc) from exc
+        try:
+            await self._commits.write(LocalWrite(target, source=copy, content_addressed=content_addressed))
+        except OSError as exc:
+            await anyio.to_thread.run_sync(_unlink_quietly, copy)
+            raise _storage_error("store", key, exc) from exc
+        # Stored: the original goes, as a moved file's name does (not the store's failure if it stays).
+        await anyio.to_thread.run_sync(_unlink_quietly, path)
 
     async def put_bytes(self, key: str, data: bytes, *, content_addressed: bool = False) -> None:
         """Store ``data`` under ``key``; see `BlobStorage.put_bytes`.
@@ -665,3 +693,22 @@ def open_storage(url: str, options: Mapping[str, str] | None = None) -> ObjectSt
             raise ValueError(f"invalid S3 storage settings: {detail}") from exc
         return ObjectStorage(store)
     raise ValueError(f"unsupported storage URL scheme {parts.scheme!r} in {url!r}")
+
+
+def _copy_beside(source: Path, parts: Path) -> Path:
+    """A copy of ``source`` in a new part file in ``parts`` (mode 0o600, as written part files
+    have); returns its path. Raises ``OSError``; no part file is left then."""
+    parts.mkdir(parents=True, exist_ok=True)
+    part = parts / f"copy-{secrets.token_hex(8)}"
+    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        shutil.copyfile(source, part)  # sendfile(2) on Linux: not through Python's memory
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return part
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -55,7 +55,7 @@ def finish_jobs_if_done(session: Session, job_ids: Iterable[str]) -> list[Finish
     for job_id in sorted(set(job_ids)):
         if not repository.lock_started_job(session, job_id):
             continue
-        if repository.has_pending_files_sync(session, job_id):
+        if repository.has_pending_files(session, job_id):
             continue
         job = session.get_one(ImportJob, job_id)
         files = repository.list_file_results(session, job_id)

@@ -365,7 +365,7 @@ async def count_files_in_unfinished_jobs(session: AsyncSession, project_id: int)
     return int(total or 0)
 
 
-def has_pending_files_sync(session: Session, job_id: str) -> bool:
+def has_pending_files(session: Session, job_id: str) -> bool:
     """Whether any file of ``job_id`` still has no result (one index probe, whatever the job's
     size; sync, in `Database.run_in_transaction`)."""
     return session.execute(_HAS_PENDING, {"job_id": job_id}).first() is not None

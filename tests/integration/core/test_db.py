@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-import anyio
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from fileimport.core.db import Database, utcnow
+from fileimport.core.db import SQLITE_BUSY_TIMEOUT, Database, utcnow
 from fileimport.core.settings import Settings
 from fileimport.imports import repository
 from fileimport.imports.models import ImportFile, ImportJob
@@ -130,13 +130,14 @@ async def test_reads_in_a_thread_see_commits_do_not_write_and_do_not_wait_for_a_
     names = await db.run_read(lambda session: session.scalars(select(ImportJob.system_name)).all())
     assert names == ["s"]
 
-    # A writer holding the lock (SQLite: BEGIN IMMEDIATE) does not hold reads up.
+    # A writer holding the lock (SQLite: BEGIN IMMEDIATE) does not hold reads
+    # up: a read waiting for it would answer only after the 30 s busy timeout.
     async with db.transaction() as session:
         await session.execute(update(ImportJob).values(claimed_at=now))
-        with anyio.fail_after(5):
-            assert await db.run_read(lambda s: repository.count_files_by_status(s, "j")) == {
-                FileStatus.PENDING: 1
-            }
+        started = time.monotonic()
+        counts = await db.run_read(lambda s: repository.count_files_by_status(s, "j"))
+        assert time.monotonic() - started < SQLITE_BUSY_TIMEOUT / 2
+        assert counts == {FileStatus.PENDING: 1}
 
 
 async def test_claim_takes_free_and_expired_leases_only_in_batch_order(db: Database) -> None:

@@ -96,49 +96,19 @@ def test_a_failed_data_flush_fails_the_whole_batch_and_leaves_nothing(tmp_path: 
     assert moved.read_bytes() == b"a spooled download", "a file to move must stay where it was"
 
 
-class PathRecordingFlush(RecordingFlush):
-    def __init__(self, fail_files: bool = False) -> None:
-        super().__init__(fail_files=fail_files)
-        self.flushed_files: list[Path] = []
-
-    def files(self, paths: Sequence[Path]) -> None:
-        self.flushed_files.extend(paths)
-        super().files(paths)
-
-
-def test_a_file_on_another_file_system_is_copied_flushed_renamed_then_removed(
+def test_a_file_on_another_file_system_is_not_moved_and_stays(
     tmp_path: Path, other_file_system: Path
 ) -> None:
-    # Renaming across file systems fails (EXDEV); a copy that skipped the
-    # flush would leave an entry pointing at bytes that a crash can lose.
-    spooled = other_file_system / "download"
-    spooled.write_bytes(b"spooled elsewhere" * 1000)
-    write = LocalWrite(tmp_path / "sha256" / "ab" / "blob", source=spooled)
-    flush = PathRecordingFlush()
-    flush.targets = [write.target]
-
-    commit_writes([write], flush, _parts(tmp_path))
-
-    assert write.error is None
-    assert write.target.read_bytes() == b"spooled elsewhere" * 1000
-    assert flush.calls == ["files:1", "folders:1"]
-    assert flush.targets_present_at_files_flush == [False]
-    (flushed,) = flush.flushed_files
-    assert os.stat(flushed.parent).st_dev == os.stat(tmp_path).st_dev, "the copy is what gets flushed"
-    assert not spooled.exists(), "the source goes once its copy is in place"
-    assert _stray_files(tmp_path) == []
-
-
-def test_a_failed_flush_of_a_copy_leaves_the_source_and_no_part_file(
-    tmp_path: Path, other_file_system: Path
-) -> None:
+    # rename(2) cannot cross mounts: the write fails with EXDEV and leaves the
+    # source where it was, for `ObjectStorage.put_file` to copy it instead.
     spooled = other_file_system / "download"
     spooled.write_bytes(b"spooled elsewhere")
     write = LocalWrite(tmp_path / "sha256" / "ab" / "blob", source=spooled)
 
-    commit_writes([write], PathRecordingFlush(fail_files=True), _parts(tmp_path))
+    commit_writes([write], RecordingFlush(), _parts(tmp_path))
 
     assert isinstance(write.error, OSError)
+    assert write.error.errno == errno.EXDEV
     assert not write.target.exists()
     assert spooled.read_bytes() == b"spooled elsewhere"
     assert _stray_files(tmp_path) == []

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from obstore.store import S3Store
 
+from fileimport.core.group_commit import Flush, GroupCommit
 from fileimport.core.storage import (
     BlobNotFoundError,
     BlobStorage,
@@ -241,23 +243,84 @@ async def test_local_put_file_renames_20_mb_without_copy(tmp_path: Path) -> None
     assert read_back.hexdigest() == digest
 
 
-async def test_local_put_file_across_file_systems_copies_and_consumes(
+class _FlushedFiles(Flush):
+    """fsyncs as the store's own would, and notes which files were flushed and whether the
+    blob already had its name then (it must not: data first, then the name)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.flushed: list[tuple[Path, bool]] = []
+
+    def files(self, paths: Sequence[Path]) -> None:
+        self.flushed.extend((path, self.target.exists()) for path in paths)
+        super().files(paths)
+
+
+async def test_local_put_file_from_another_file_system_stores_a_flushed_copy(
     tmp_path: Path, other_file_system: Path
 ) -> None:
-    # A spool folder on another file system (a tmpfs, say): the file cannot
-    # be renamed into the store, and is copied instead (flushed the same way:
-    # test_group_commit.py).
+    # A spool folder on another file system (a tmpfs, say): rename(2) cannot
+    # reach the store, and a copy must be as durable as a moved file.
     root = tmp_path / "blobs"
     storage = open_storage(root.as_uri())
+    target = root / "moved" / "elsewhere"
+    flush = _FlushedFiles(target)
+    storage._commits = GroupCommit(flush, storage._parts_folder)
     data = os.urandom(6 * 1024 * 1024)
     path = other_file_system / "download"
     path.write_bytes(data)
 
     await storage.put_file("moved/elsewhere", path)
 
+    assert target.read_bytes() == data
     assert not path.exists()
-    assert (root / "moved" / "elsewhere").read_bytes() == data
     assert [p.name for p in root.rglob("*") if p.is_file()] == ["elsewhere"]
+    copies = [(p, named) for p, named in flush.flushed if p.is_relative_to(root)]
+    assert copies, f"the copy in the store was never flushed: {flush.flushed}"
+    assert not any(named for _, named in copies), "the blob had its name before its bytes were flushed"
+
+
+async def test_local_put_file_across_mounts_of_one_file_system_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two bind mounts of one file system have the same device number, and
+    # rename(2) between them still fails with EXDEV.
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    path = tmp_path / "spool" / "download"
+    path.parent.mkdir()
+    path.write_bytes(b"from another mount")
+    replace = os.replace
+
+    def across_mounts(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(src) == path:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", across_mounts)
+
+    await storage.put_file("k/blob", path)
+
+    assert (root / "k" / "blob").read_bytes() == b"from another mount"
+    assert not path.exists()
+    assert [p.name for p in root.rglob("*") if p.is_file()] == ["blob"]
+
+
+async def test_local_put_file_whose_copy_cannot_be_placed_keeps_the_source_and_no_copy(
+    tmp_path: Path, other_file_system: Path
+) -> None:
+    root = tmp_path / "blobs"
+    storage = open_storage(root.as_uri())
+    (root / "k").mkdir(parents=True)
+    (root / "k" / "blob").mkdir()  # a folder where the blob must go
+    path = other_file_system / "download"
+    path.write_bytes(b"kept")
+
+    with pytest.raises(StorageError, match="could not store"):
+        await storage.put_file("k/blob", path)
+
+    assert path.read_bytes() == b"kept"
+    assert [p for p in root.rglob("*") if p.is_file()] == []
 
 
 async def test_local_put_file_of_missing_source_is_storage_error(tmp_path: Path) -> None:
