@@ -28,7 +28,7 @@ import anyio
 import structlog
 import typer
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
@@ -556,14 +556,22 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 
 def parse_duration(value: str) -> timedelta:
-    """``30d``, ``12h``, ``45m``, ``90s``, ``2w`` → timedelta; raises typer.BadParameter."""
-    match = _DURATION.match(value.strip())
-    if not match:
-        raise typer.BadParameter("use a number and a unit: 90s, 45m, 12h, 30d, 2w")
-    try:
-        duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    except OverflowError:
-        duration = MAX_DURATION + MAX_DURATION
+    """``30d``, ``12h``, ``45m``, ``90s``, ``2w``, or an ISO 8601 duration (``PT1H``, ``P30D``, as
+    the ``FILEIMPORT_*`` duration settings take) → timedelta; raises typer.BadParameter."""
+    text = value.strip()
+    match = _DURATION.match(text)
+    if match:
+        try:
+            duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            duration = MAX_DURATION + MAX_DURATION
+    elif text[:1] in ("P", "p"):
+        try:
+            duration = TypeAdapter(timedelta).validate_python(text)
+        except ValidationError:
+            raise typer.BadParameter(f"{value} is not an ISO 8601 duration such as PT1H or P30D") from None
+    else:
+        raise typer.BadParameter("use a number and a unit: 90s, 45m, 12h, 30d, 2w, or ISO 8601: PT1H")
     if duration > MAX_DURATION:
         raise typer.BadParameter(f"{value} is too long; at most 100 years")
     return duration
