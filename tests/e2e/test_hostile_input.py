@@ -344,6 +344,20 @@ async def test_bad_idempotency_keys_are_rejected(service: RunningService, key: s
     assert "Idempotency-Key" in error_details(response, 400)
 
 
+async def test_two_idempotency_keys_are_rejected(service: RunningService) -> None:
+    response = await service.client.post(
+        IMPORT,
+        content=json.dumps(body()).encode(),
+        headers=[
+            *service.tenant.headers.items(),
+            *JSON.items(),
+            ("Idempotency-Key", "first-key"),
+            ("Idempotency-Key", "second-key"),
+        ],
+    )
+    assert error_details(response, 400) == {"Idempotency-Key": "must be given once"}
+
+
 async def test_a_300_character_idempotency_key_is_rejected(service: RunningService) -> None:
     response = await service.post_import(body(), headers={"Idempotency-Key": "k" * 300})
     assert "Idempotency-Key" in error_details(response, 400)

@@ -32,10 +32,13 @@ excludes leading and trailing whitespace): they are removed before the check."""
 _IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def _idempotency_key(raw: str | None) -> str | None:
-    """The header's key without surrounding whitespace; raises `ValidationFailed` naming the header."""
+def _idempotency_key(request: Request, raw: str | None) -> str | None:
+    """The header's key without surrounding whitespace; raises `ValidationFailed` naming the header
+    (also when it is given twice: which one the client meant is a guess)."""
     if raw is None:
         return None
+    if len(request.headers.getlist("Idempotency-Key")) > 1:
+        raise ValidationFailed({"Idempotency-Key": "must be given once"})
     key = raw.strip(" \t")
     if not _IDEMPOTENCY_KEY_RE.match(key):
         raise ValidationFailed({"Idempotency-Key": "must be 1 to 255 printable ASCII characters"})
@@ -80,7 +83,7 @@ async def import_files(
     ] = None,
 ) -> JobCreated:
     settings = runtime.settings
-    idempotency_key = _idempotency_key(idempotency_key)
+    idempotency_key = _idempotency_key(request, idempotency_key)
     body, data = await read_json_body(request, int(settings.max_body_bytes))
     fingerprint = service.request_fingerprint(body)
     async with runtime.db.transaction() as session:
