@@ -476,15 +476,22 @@ def _redact(url: str) -> str:
 
 def _validation_text(exc: ValidationError, *, name: Callable[[str], str] = str) -> str:
     """A pydantic error as ``field: problem; field: problem`` (one line, no links to pydantic's
-    docs). A problem at a field that contains another reported field is left out: pydantic
-    adds one ("should have at least 1 item") when an item of a list fails."""
-    details = validation_details(list(exc.errors()))
+    docs). Left out: the "should have at least N items" that pydantic adds at a tuple whose
+    items failed (it counts what was left after validation), not a problem of its own."""
+    errors = list(exc.errors())
+    locs = [tuple(error["loc"]) for error in errors]
     kept = [
-        (path, problem)
-        for path, problem in details.items()
-        if not any(other.startswith(f"{path}.") for other in details)
+        error
+        for error in errors
+        if error["type"] != "too_short"
+        or not any(
+            len(loc) > len(error["loc"]) and loc[: len(error["loc"])] == tuple(error["loc"]) for loc in locs
+        )
     ]
-    return "; ".join(f"{name(path)}: {problem}" if path != "body" else problem for path, problem in kept)
+    details = validation_details(kept)
+    return "; ".join(
+        f"{name(path)}: {problem}" if path != "body" else problem for path, problem in details.items()
+    )
 
 
 def _load_config(path: Path) -> ProjectConfig:

@@ -247,10 +247,10 @@ class Database:
 
         The transaction is rolled back at the end, whatever ``work`` did. On
         SQLite it begins with a plain BEGIN: in WAL mode it never waits for
-        the write lock. One thread hop per read: an async session (aiosqlite)
-        takes several per statement, and a one-row read cost 2.5-4.3 ms of
-        CPU that way against 0.6-1.1 ms here (``reader``). ``work`` must not
-        touch the event loop.
+        the write lock. One thread hop per read, where `reader`'s async session
+        (aiosqlite) takes several per statement: a one-row read cost 2.5-4.3
+        ms of CPU that way against 0.6-1.1 ms here. ``work`` must not touch
+        the event loop.
         """
         if self._thread_read_sessionmaker is None:
             # A pool and threads of their own, as many threads as connections:

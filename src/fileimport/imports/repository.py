@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -167,13 +167,14 @@ _CLAIM_CANDIDATE_JOBS = (
     .order_by(_jobs.c.claimed_at.is_not(None), _jobs.c.claimed_at, _jobs.c.started_at)
     .limit(CLAIM_JOB_CANDIDATES)
 )
+_FREE_FILE = and_(
+    _files.c.status == FileStatus.PENDING,
+    or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
+)
+"""A file a claim may take: pending, with no lease or one that expired before ``now``."""
 _CLAIM_FREE_FILES = (
     select(_files.c.id, _files.c.leases)
-    .where(
-        _files.c.job_id == bindparam("job_id"),
-        _files.c.status == FileStatus.PENDING,
-        or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
-    )
+    .where(_files.c.job_id == bindparam("job_id"), _FREE_FILE)
     .order_by(_files.c.position)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
@@ -309,11 +310,7 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
 _ANY_CLAIMABLE_FILE = (
     select(_files.c.id)
     .join(_jobs, _jobs.c.id == _files.c.job_id)
-    .where(
-        _jobs.c.state == JobState.STARTED,
-        _files.c.status == FileStatus.PENDING,
-        or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
-    )
+    .where(_jobs.c.state == JobState.STARTED, _FREE_FILE)
     .limit(1)
 )
 
