@@ -6,13 +6,15 @@ failing with "database is locked" when a read transaction upgrades to a write
 (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional DDL"
 for pysqlite/aiosqlite). PostgreSQL uses psycopg 3.
 
-Most code uses async sessions (aiosqlite, psycopg async). The import
-pipeline's hot write transactions (claiming files, recording results) are
-plain functions of a sync ``Session`` run whole in a worker thread
-(`Database.run_in_transaction`): with aiosqlite every statement is four
+Reads, and the import pipeline's hot write transactions (claiming files,
+recording results, webhook deliveries), are plain functions of a sync
+``Session`` run whole in a worker thread (`Database.run_read`,
+`Database.run_in_transaction`): with aiosqlite every statement is four
 thread hops through the event loop, and a transaction interleaved with the
 loop's other work held SQLite's write lock for many milliseconds, which
-stalled the other processes sharing the file (bench case (a)).
+stalled the other processes sharing the file (bench case (a)). The other
+writes (creating a job, renewing and handing back leases, the CLI's
+changes) use an async session (`Database.transaction`).
 """
 
 from __future__ import annotations
@@ -128,20 +130,12 @@ def _sqlite_on_begin_read(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-def create_engine(url: str, *, echo: bool = False, read_only: bool = False) -> AsyncEngine:
-    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+psycopg://``).
-
-    On SQLite, ``read_only`` engines begin with a plain (deferred) BEGIN: in
-    WAL mode readers then never wait for the write lock that BEGIN IMMEDIATE
-    takes, so status calls do not queue behind imports. Their connections
-    refuse writes (``PRAGMA query_only``).
-    """
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+psycopg://``)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, pool_size=8, max_overflow=8)
-        event.listen(
-            engine.sync_engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect
-        )
-        event.listen(engine.sync_engine, "begin", _sqlite_on_begin_read if read_only else _sqlite_on_begin)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -194,13 +188,6 @@ class Database:
         self._thread_read_engine: Engine | None = None
         self._thread_read_sessionmaker: sessionmaker[Session] | None = None
         self._read_threads: anyio.CapacityLimiter | None = None
-        # SQLite: a second pool whose transactions do not take the write lock.
-        self._read_engine = create_engine(url, read_only=True) if url.startswith("sqlite") else None
-        self.read_sessionmaker = (
-            async_sessionmaker(self._read_engine, expire_on_commit=False)
-            if self._read_engine is not None
-            else self.sessionmaker
-        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -247,10 +234,13 @@ class Database:
 
         The transaction is rolled back at the end, whatever ``work`` did. On
         SQLite it begins with a plain BEGIN: in WAL mode it never waits for
-        the write lock. One thread hop per read, where `reader`'s async session
-        (aiosqlite) takes several per statement: a one-row read cost 2.5-4.3
-        ms of CPU that way against 0.6-1.1 ms here. ``work`` must not touch
-        the event loop.
+        the write lock, so status calls do not queue behind imports. Its
+        connections refuse writes (SQLite ``PRAGMA query_only``, PostgreSQL
+        READ ONLY transactions). Every read of the service goes this way: one
+        thread hop per read, where an async session (aiosqlite) takes several
+        per statement: a one-row read cost 2.5-4.3 ms of CPU that way against
+        0.6-1.1 ms here. ``work`` must not touch the event loop; what it
+        returns is detached from its session (columns loaded, no lazy loads).
         """
         if self._thread_read_sessionmaker is None:
             # A pool and threads of their own, as many threads as connections:
@@ -268,16 +258,8 @@ class Database:
 
         return await anyio.to_thread.run_sync(run, limiter=self._read_threads)
 
-    @asynccontextmanager
-    async def reader(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only (never commits; on SQLite it does not take the write lock)."""
-        async with self.read_sessionmaker() as session:
-            yield session
-
     async def dispose(self) -> None:
         await self.engine.dispose()
         for engine in (self._thread_engine, self._thread_read_engine):
             if engine is not None:
                 await anyio.to_thread.run_sync(engine.dispose)
-        if self._read_engine is not None:
-            await self._read_engine.dispose()

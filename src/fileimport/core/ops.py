@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
 
 from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
@@ -30,13 +31,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _migrated_version(session: Session) -> str | None:
+    """The migrations' own table: it holds a version once `fileimport migrate` ran."""
+    return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
     """200 ``{"status": "ready"}``, or NotReady (503) naming ``database`` and/or ``storage``."""
     problems: dict[str, str] = {}
     try:
-        async with runtime.db.reader() as session:
-            # The migrations' own table: present once `fileimport migrate` ran.
-            migrated = (await session.execute(text("SELECT version_num FROM alembic_version"))).first()
+        migrated = await runtime.db.run_read(_migrated_version)
         if migrated is None:
             problems["database"] = "not migrated: run 'fileimport migrate'"
     except ProgrammingError:

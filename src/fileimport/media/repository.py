@@ -7,40 +7,42 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Table, bindparam, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from fileimport.media.models import MediaEntry
 
 
-async def get_entry(session: AsyncSession, project_id: int, media_id: str) -> MediaEntry | None:
-    return (
-        await session.execute(
-            select(MediaEntry).where(MediaEntry.project_id == project_id, MediaEntry.id == media_id)
+def get_entry(session: Session, project_id: int, media_id: str) -> MediaEntry | None:
+    """The entry ``media_id`` of project ``project_id``, or None. Sync: `Database.run_read`."""
+    return session.execute(
+        select(MediaEntry).where(MediaEntry.project_id == project_id, MediaEntry.id == media_id)
+    ).scalar_one_or_none()
+
+
+def get_entry_by_id(session: Session, media_id: str) -> MediaEntry | None:
+    """The entry with ``media_id`` in any project (asset URLs are capability URLs), or None.
+    Sync: `Database.run_read`."""
+    return session.get(MediaEntry, media_id)
+
+
+def get_entry_by_key(
+    session: Session, project_id: int, system_name: str, external_id: str
+) -> MediaEntry | None:
+    """The entry of ``system_name`` and ``external_id`` in project ``project_id``, or None.
+    Sync: `Database.run_read`."""
+    return session.execute(
+        select(MediaEntry).where(
+            MediaEntry.project_id == project_id,
+            MediaEntry.system_name == system_name,
+            MediaEntry.external_id == external_id,
         )
     ).scalar_one_or_none()
 
 
-async def get_entry_by_id(session: AsyncSession, media_id: str) -> MediaEntry | None:
-    """The entry with ``media_id`` in any project (asset URLs are capability URLs)."""
-    return await session.get(MediaEntry, media_id)
-
-
-async def get_entry_by_key(
-    session: AsyncSession, project_id: int, system_name: str, external_id: str, *, for_update: bool = False
-) -> MediaEntry | None:
-    query = select(MediaEntry).where(
-        MediaEntry.project_id == project_id,
-        MediaEntry.system_name == system_name,
-        MediaEntry.external_id == external_id,
-    )
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def list_entries_by_ids(session: AsyncSession, project_id: int, ids: Sequence[str]) -> list[MediaEntry]:
-    rows = await session.execute(
+def list_entries_by_ids(session: Session, project_id: int, ids: Sequence[str]) -> list[MediaEntry]:
+    """The entries of project ``project_id`` among ``ids``, in the order of ``ids`` (unknown ids left
+    out). Sync: `Database.run_read`."""
+    rows = session.execute(
         select(MediaEntry).where(MediaEntry.project_id == project_id, MediaEntry.id.in_(ids))
     )
     by_id = {entry.id: entry for entry in rows.scalars()}
@@ -88,9 +90,10 @@ def list_known_entries(
     return {row.external_id: KnownEntry(*row) for row in session.execute(_KNOWN_ENTRIES, params)}
 
 
-async def count_references(session: AsyncSession, asset_keys: Sequence[str]) -> dict[str, int]:
-    """How many entries reference each asset key."""
-    rows = await session.execute(
+def count_references(session: Session, asset_keys: Sequence[str]) -> dict[str, int]:
+    """How many entries reference each asset key (keys no entry references are absent).
+    Sync: `Database.run_read`."""
+    rows = session.execute(
         select(MediaEntry.asset_key, func.count())
         .where(MediaEntry.asset_key.in_(asset_keys))
         .group_by(MediaEntry.asset_key)

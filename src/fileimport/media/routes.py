@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -56,8 +57,9 @@ async def get_media_entry(
     principal: Annotated[Principal, Depends(require_scope(SCOPE_READ))],
     runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> MediaEntryOut:
-    async with runtime.db.reader() as session:
-        entry = await repository.get_entry(session, principal.project_id, media_id)
+    entry = await runtime.db.run_read(
+        partial(repository.get_entry, project_id=principal.project_id, media_id=media_id)
+    )
     if entry is None:
         raise NotFound({"mediaId": f"no media library entry '{media_id}'"})
     return to_schema(entry, runtime.settings.public_url)
@@ -108,13 +110,20 @@ async def find_media_entries(
         wanted = [i for i in (part.strip() for part in ids.split(",")) if i]
         if not wanted or len(wanted) > MAX_IDS:
             raise ValidationFailed({"ids": f"must list 1 to {MAX_IDS} ids"})
-        async with runtime.db.reader() as session:
-            entries = await repository.list_entries_by_ids(session, principal.project_id, wanted)
+        entries = await runtime.db.run_read(
+            partial(repository.list_entries_by_ids, project_id=principal.project_id, ids=wanted)
+        )
     else:
         if system_name is None or external_id is None:
             raise ValidationFailed(_missing_key_problem(system_name, external_id))
-        async with runtime.db.reader() as session:
-            entry = await repository.get_entry_by_key(session, principal.project_id, system_name, external_id)
+        entry = await runtime.db.run_read(
+            partial(
+                repository.get_entry_by_key,
+                project_id=principal.project_id,
+                system_name=system_name,
+                external_id=external_id,
+            )
+        )
         entries = [entry] if entry else []
     public_url = runtime.settings.public_url
     return MediaEntryList(media_library_entries=[to_schema(e, public_url) for e in entries])
@@ -253,8 +262,7 @@ async def download_asset(
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The stored bytes; the media id in the path is the capability (128 random bits)."""
-    async with runtime.db.reader() as session:
-        entry = await repository.get_entry_by_id(session, media_id)
+    entry = await runtime.db.run_read(partial(repository.get_entry_by_id, media_id=media_id))
     if entry is None:
         raise NotFound({"mediaId": f"no asset for '{media_id}'"})
     # Checked before any header is sent, so a lost blob is a clean error

@@ -21,6 +21,7 @@ told that no import is running.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 import structlog
 
@@ -42,8 +43,9 @@ async def delete_unreferenced_blobs(runtime: Runtime, older_than: timedelta) -> 
     chunk: list[StoredBlob] = []
 
     async def sweep(blobs: list[StoredBlob]) -> int:
-        async with runtime.db.reader() as session:
-            referenced = await repository.count_references(session, [b.key for b in blobs])
+        referenced = await runtime.db.run_read(
+            partial(repository.count_references, asset_keys=[b.key for b in blobs])
+        )
         removed = 0
         for blob in blobs:
             if is_set_aside(blob.key):

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from fileimport.auth.service import Principal
 from fileimport.core.db import Database, utcnow
@@ -32,11 +33,14 @@ async def new_job(db: Database, body: dict[str, Any]) -> tuple[int, str, list[Im
         project_id = (await create_project(session, "p")).id
         request = ImportRequest.model_validate(body)
         job_id = await create_job(session, Principal(project_id, "p", frozenset()), request)
-    async with db.reader() as session:
-        files = await session.scalars(
-            select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+    files = await db.run_read(
+        lambda session: list(
+            session.scalars(
+                select(ImportFile).where(ImportFile.job_id == job_id).order_by(ImportFile.position)
+            )
         )
-        return project_id, job_id, list(files.all())
+    )
+    return project_id, job_id, files
 
 
 async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_and_every_result(
@@ -79,12 +83,17 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
             results = await asyncio.wait_for(asyncio.gather(*batch), 30)
 
         assert [r.status for r in results] == [FileStatus.SKIPPED, FileStatus.SUCCESS, FileStatus.SUCCESS]
-        async with db.reader() as session:
-            entries = (await session.execute(select(MediaEntry.external_id, MediaEntry.id))).all()
-            recorded = [
-                (f.status, f.media_id) for f in await session.run_sync(repository.list_file_results, job_id)
+
+        def read(session: Session) -> tuple[list[tuple[str, str]], list[tuple[FileStatus, str | None]], int]:
+            entries = [
+                (row.external_id, row.id)
+                for row in session.execute(select(MediaEntry.external_id, MediaEntry.id))
             ]
-            assert await session.scalar(select(func.count()).select_from(MediaEntry)) == 3
+            recorded = [(f.status, f.media_id) for f in repository.list_file_results(session, job_id)]
+            return entries, recorded, session.scalar(select(func.count()).select_from(MediaEntry)) or 0
+
+        entries, recorded, count = await db.run_read(read)
+        assert count == 3
         by_key = dict(entries)
         assert recorded == [
             (FileStatus.SKIPPED, by_key["raced"]),
@@ -132,9 +141,12 @@ async def test_the_last_two_results_recorded_at_once_finish_the_job_once(databas
             result = await asyncio.wait_for(recording, 30)
 
         assert result.status is FileStatus.FAILED
-        async with db.reader() as session:
-            job = await session.get_one(ImportJob, job_id)
-            deliveries = (await session.scalars(select(WebhookDelivery))).all()
+        job, deliveries = await db.run_read(
+            lambda session: (
+                session.get_one(ImportJob, job_id),
+                list(session.scalars(select(WebhookDelivery))),
+            )
+        )
         assert (job.state, job.finished_at is not None) == (JobState.SUCCESS, True)
         assert len(deliveries) == 1
         assert '"failed":2' in deliveries[0].payload
