@@ -252,13 +252,30 @@ _EXTENSIONS = {
 }
 
 
+MAX_FILENAME_BYTES = 255
+"""Longest download name, in bytes of UTF-8: the file name limit (NAME_MAX) of
+ext4, XFS, APFS and most other file systems a browser saves into."""
+
+
 def download_filename(entry: MediaEntry) -> str:
-    """``fileName`` plus the extension of the stored MIME type, unless it has it already."""
+    """``fileName`` plus the extension of the stored MIME type, unless it has one of that type
+    already (``.jpeg`` and ``.JPG`` are kept for ``image/jpeg``).
+
+    Slashes become ``_``. A name over `MAX_FILENAME_BYTES` bytes of UTF-8 (a
+    ``fileName`` of 255 characters, many of them non-ASCII, can be 1,020) is
+    cut at a character boundary before its extension, so that it can be
+    saved as it is offered.
+    """
     extension = _EXTENSIONS.get(entry.mime_type) or mimetypes.guess_extension(entry.mime_type) or ""
     name = entry.file_name.replace("/", "_").replace("\\", "_")
-    if extension and not name.lower().endswith(extension):
-        name += extension
-    return name
+    own = [e for e in (extension, *mimetypes.guess_all_extensions(entry.mime_type)) if e]
+    for candidate in sorted(own, key=len, reverse=True):
+        if name.lower().endswith(candidate):
+            name, extension = name[: -len(candidate)], name[-len(candidate) :]
+            break
+    budget = MAX_FILENAME_BYTES - len(extension.encode())
+    # Cut bytes, then drop a character the cut split ("ignore" drops only its partial bytes).
+    return name.encode()[:budget].decode(errors="ignore") + extension
 
 
 def to_schema(entry: MediaEntry, public_url: str) -> MediaEntryOut:
