@@ -28,6 +28,9 @@ serves, so a test can compare SHA-256 digests. Routes (all GET):
 - ``/gzip-cut?size=N``, ``/gzip-junk?size=N`` — a gzip stream cut short, or followed by junk.
 - ``/gzip?size=N`` — ``payload(N)`` gzip-encoded (Content-Encoding: gzip).
 - ``/gzip-bomb?size=N`` — N zero bytes, gzip-encoded (a few KiB on the wire).
+- ``/zeros?size=N&codings=C`` — N zero bytes with the content codings C
+  (``gzip`` layers, comma-separated) applied in order; compressed piece by
+  piece, so a large N costs the origin no N-byte buffer.
 - ``/encoded?size=N&codings=C`` — ``payload(N)`` with the comma-separated
   content codings C applied in order: ``gzip``, ``deflate`` (zlib format) or
   ``raw-deflate`` (a bare RFC 1951 stream, labelled ``deflate``).
@@ -310,6 +313,29 @@ def _build_app(origin: FaultOrigin) -> web.Application:
         return web.Response(
             body=body,
             headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"},
+        )
+
+    @routes.get("/zeros")
+    async def zeros(request: web.Request) -> web.StreamResponse:
+        body = b""
+        step = bytes(2**20)
+        codings = request.query.get("codings", "gzip").split(",")
+        if set(codings) != {"gzip"}:
+            raise web.HTTPBadRequest(text="codings: gzip layers only")
+        for n in range(len(codings)):
+            packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+            if n == 0:
+                left = _size(request)
+                parts = []
+                while left:
+                    parts.append(packer.compress(step[: min(left, len(step))]))
+                    left -= min(left, len(step))
+                body = b"".join(parts) + packer.flush()
+            else:
+                body = packer.compress(body) + packer.flush()
+        return web.Response(
+            body=body,
+            headers={"Content-Encoding": ", ".join(codings), "Content-Type": "application/octet-stream"},
         )
 
     @routes.get("/encoded")

@@ -46,7 +46,7 @@ import ssl
 import tempfile
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -529,20 +529,27 @@ class OriginFetcher:
             pending_bytes = 0
             chunk_bytes = self._settings.fetch_chunk_bytes
 
-            def take(piece: bytes) -> None:
-                nonlocal size, head, pending_bytes
-                size += len(piece)
-                if size > max_bytes:
-                    raise FetchError(
-                        "too_large",
-                        f"The file at {_display(url)} is over the limit of {max_bytes} bytes "
-                        f"(more than {max_bytes} bytes received"
-                        f"{' after decoding' if decoder else ''}).",
-                    )
-                if len(head) < HEAD_BYTES:
-                    head += piece[: HEAD_BYTES - len(head)]
-                pending.append(piece)
-                pending_bytes += len(piece)
+            async def take(pieces: Iterable[bytes]) -> None:
+                """Count, keep the head of, and queue ``pieces``, writing the queue out
+                whenever it reaches ``chunk_bytes``: also between the pieces that one
+                compressed chunk inflates to, which can be a thousand times its size."""
+                nonlocal size, head, pending, pending_bytes
+                for piece in pieces:
+                    size += len(piece)
+                    if size > max_bytes:
+                        raise FetchError(
+                            "too_large",
+                            f"The file at {_display(url)} is over the limit of {max_bytes} bytes "
+                            f"(more than {max_bytes} bytes received"
+                            f"{' after decoding' if decoder else ''}).",
+                        )
+                    if len(head) < HEAD_BYTES:
+                        head += piece[: HEAD_BYTES - len(head)]
+                    pending.append(piece)
+                    pending_bytes += len(piece)
+                    if pending_bytes >= chunk_bytes and size > HEAD_BYTES:
+                        await spool.write_async(pending)
+                        pending, pending_bytes = [], 0
 
             try:
                 # The pieces aiohttp buffered as they came off the socket (up
@@ -551,17 +558,9 @@ class OriginFetcher:
                     if not raw:
                         continue
                     received += len(raw)
-                    if decoder is None:
-                        take(raw)
-                    else:
-                        for piece in decoder.decode(raw):
-                            take(piece)
-                    if pending_bytes >= chunk_bytes and size > HEAD_BYTES:
-                        await spool.write_async(pending)
-                        pending, pending_bytes = [], 0
+                    await take((raw,) if decoder is None else decoder.decode(raw))
                 if decoder is not None:
-                    for piece in decoder.flush():
-                        take(piece)
+                    await take(decoder.flush())
                 if size > HEAD_BYTES:  # (the spool is opened only past HEAD_BYTES)
                     path: Path | None = await anyio.to_thread.run_sync(spool.finish, pending)
                     sha256 = spool.sha256()

@@ -671,6 +671,25 @@ async def test_gzip_bomb_is_cut_off_after_decoding(
     assert spooled(spool_dir) == []
 
 
+@pytest.mark.parametrize("codings", ["gzip", "gzip,gzip"])
+async def test_a_compressed_body_that_inflates_a_thousandfold_keeps_memory_flat(
+    origin: FaultOrigin, fetch: FetchFn, codings: str
+) -> None:
+    """One chunk off the socket inflates to hundreds of MB: it is written out as it inflates."""
+    size = 64 * MiB  # zeros: about 64 KiB on the wire in one gzip layer, far less in two
+    await fetch(origin.url("/large?size=100"), max_bytes=16 * MiB)  # what a first fetch allocates once
+    tracemalloc.start()
+    try:
+        result = await fetch(origin.url(f"/zeros?size={size}&codings={codings}"), max_bytes=size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(result, FetchedFile)
+    assert result.size == size
+    assert result.sha256 == hashlib.sha256(bytes(size)).hexdigest()
+    assert peak < 6 * MiB, f"peak Python memory {peak} bytes for a {size}-byte body"
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "compress"])
 async def test_undecodable_body_is_a_decoding_error(
     origin: FaultOrigin, fetch: FetchFn, spool_dir: Path, coding: str
