@@ -108,6 +108,8 @@ class ResultRecorder:
         return await item.done
 
     async def _run(self) -> None:
+        """Write the queued results until cancelled; no error of a batch ends it (each caller
+        gets its own), or every later result of the worker would wait for ever."""
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
@@ -125,7 +127,10 @@ class ResultRecorder:
         try:
             await self._write([item], alone=True)
         except Exception as exc:
-            item.done.set_exception(exc)
+            # The caller may be gone (cancelled with its claim, when a sibling
+            # file failed on the same fault): its future is then settled.
+            if not item.done.done():
+                item.done.set_exception(exc)
 
     async def _write(self, batch: list[_Item], *, alone: bool = False) -> None:
         """Write ``batch`` in one transaction (in a worker thread), then settle each caller's future."""

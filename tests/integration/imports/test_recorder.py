@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from sqlalchemy import func, select
@@ -192,3 +193,41 @@ async def test_a_job_s_files_are_stored_as_posted_whatever_their_characters(data
         (i, p["url"], p["id"], p["fileName"], p["metadata"], p.get("mediaType"), FileStatus.PENDING, 0, 0)
         for i, p in enumerate(files)
     ]
+
+
+async def test_a_result_that_cannot_be_written_for_a_caller_gone_leaves_the_recorder_running(
+    database_url: str,
+) -> None:
+    """A fault that fails a file's result can also have cancelled its caller (its claim's other
+    files failed on it too). Settling that caller's future raised InvalidStateError, which
+    ended the recorder, and with it the worker: no later result was ever written."""
+    db = Database(database_url)
+    try:
+        project_id, job_id, (first, second) = await new_job(
+            db,
+            {
+                "systemName": "s",
+                "files": [
+                    {"url": ORIGIN.url, "id": external_id, "fileName": "a"} for external_id in ("x", "y")
+                ],
+            },
+        )
+        no_such_project = project_id + 1000  # its entry breaks the foreign key: the write fails
+
+        def entry_import(external_id: str) -> EntryImport:
+            return EntryImport(EntryChange("s", external_id, "a", {}, "image"), ASSET, ORIGIN)
+
+        async with ResultRecorder(db) as recorder:
+            doomed = asyncio.create_task(
+                recorder.record_import(job_id, no_such_project, first.id, entry_import("x"), 1)
+            )
+            await asyncio.sleep(0.001)  # the recorder has taken it and is writing it (in a thread)
+            doomed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await doomed
+            result = await asyncio.wait_for(
+                recorder.record_import(job_id, project_id, second.id, entry_import("y"), 1), 30
+            )
+        assert result.status is FileStatus.SUCCESS
+    finally:
+        await db.dispose()
