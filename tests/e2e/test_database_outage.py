@@ -1,22 +1,26 @@
-"""When the database goes away, the API answers 503 with Retry-After, not 500."""
+"""When the database goes away, the API answers 503 with Retry-After, not 500, and the
+import fails no file for it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx2
 import psycopg
 from sqlalchemy.engine import make_url
 
 from fileimport.app import create_app
 from fileimport.core.settings import Settings
+from tests.support.fault_origin import serve_fault_origin
 from tests.support.postgres import PostgresServer
 from tests.support.service import run_service
 
 
-async def test_database_outage_is_503_and_recovers(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
-) -> None:
+def outage_switch(postgres_server: PostgresServer, postgres_url: str) -> Callable[[bool], None]:
+    """``allow_connections(False)`` refuses new connections to the test database and ends its
+    sessions; ``allow_connections(True)`` lets them in again."""
     database = make_url(postgres_url).database
     admin_dsn = postgres_server.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -28,6 +32,13 @@ async def test_database_outage_is_503_and_recovers(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
                 )
 
+    return allow_connections
+
+
+async def test_database_outage_is_503_and_recovers(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    allow_connections = outage_switch(postgres_server, postgres_url)
     async with run_service(tmp_path / "var", database_url=postgres_url, run_worker=False) as service:
         headers = service.tenant.headers
         assert (await service.client.get("/readyz")).status_code == 200
@@ -46,6 +57,43 @@ async def test_database_outage_is_503_and_recovers(
             allow_connections(True)
         again = await service.client.get("/api/v1/import/files/status", params={"id": "j1"}, headers=headers)
         assert again.status_code == 404
+
+
+async def test_files_downloaded_while_the_database_is_away_are_imported_once_it_is_back(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Results that cannot be written during an outage are not failed (before: ``failed``,
+    ``internal_error``, final): their leases run out and the files are imported again."""
+    allow_connections = outage_switch(postgres_server, postgres_url)
+    async with (
+        serve_fault_origin() as origin,
+        run_service(tmp_path / "var", database_url=postgres_url, worker_lease_seconds=2) as service,
+    ):
+        # Two slow downloads (1 s of bytes each): the database goes away while they run.
+        body = {
+            "systemName": "outage",
+            "files": [
+                {"url": origin.url(f"/trickle?size=10&interval=0.1&n={n}"), "id": f"f{n}", "fileName": "f"}
+                for n in range(2)
+            ],
+        }
+        posted = await service.post_import(body)
+        assert posted.status_code == 200, posted.text
+        with anyio.fail_after(10):
+            while sum(origin.hits.values()) < 2:
+                await anyio.sleep(0.02)
+        allow_connections(False)
+        try:
+            with anyio.fail_after(30):
+                while origin.in_flight:  # the downloads end; their results cannot be written
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.5)
+        finally:
+            allow_connections(True)
+        status = await service.wait_finished(posted.json()["id"], timeout=90)
+    results = {f["externalId"]: (f["status"], f.get("code")) for f in status["files"]}
+    assert results == {"f0": ("success", None), "f1": ("success", None)}, status
+    assert sum(origin.hits.values()) >= 4  # each downloaded again once its lease ran out
 
 
 async def test_readyz_says_when_the_database_was_never_migrated(tmp_path: Path) -> None:

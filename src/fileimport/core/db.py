@@ -30,6 +30,8 @@ import anyio
 from sqlalchemy import DateTime, Dialect, Engine, Enum, MetaData, TypeDecorator, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -98,6 +100,12 @@ def str_enum(enum: type[StrEnum]) -> Enum:
         validate_strings=True,
     )
 
+
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeoutError)
+"""Errors that say the database is unavailable, not that a statement or its data is wrong:
+connection lost or refused, SQLite's busy timeout, a PostgreSQL deadlock or serialization
+failure (psycopg's ``OperationalError`` subclasses), no pooled connection in time. The API
+answers them 503 with Retry-After; the import hands the file's claim back."""
 
 SQLITE_BUSY_TIMEOUT = 30.0
 """Seconds a SQLite statement waits for another connection's lock before it fails."""

@@ -19,11 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from fileimport.core.db import DATABASE_UNAVAILABLE
 from fileimport.core.storage import StorageError
 
 log = structlog.get_logger(__name__)
@@ -227,14 +226,14 @@ def install_error_handlers(app: FastAPI) -> None:
         details = {"message": exc.detail} if isinstance(exc.detail, str) else None
         return error_response(exc.status_code, details, dict(exc.headers or {}) or None)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(SQLAlchemyTimeoutError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down or overloaded: not the client's fault, and
         # worth a retry (RFC 9110 §15.6.4).
         log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
         return error_response(503, {"database": "unavailable; retry later"}, {"Retry-After": "5"})
+
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
 
     @app.exception_handler(StorageError)
     async def _storage_unavailable(request: Request, exc: StorageError) -> JSONResponse:

@@ -20,6 +20,7 @@ import anyio
 import structlog
 from pydantic import ByteSize
 
+from fileimport.core.db import DATABASE_UNAVAILABLE
 from fileimport.core.fetcher import FetchedFile, FetchError, NotModified, OriginFetcher
 from fileimport.core.metrics import BYTES_FETCHED, FILE_SECONDS, FILES_IMPORTED
 from fileimport.core.probe import ContentProbe, ProbeError, probe_file, sniff_mime_type
@@ -141,6 +142,14 @@ class FileImporter:
             # unreachable. Failing the file would burn through the backlog in
             # seconds; the worker hands the claim back and waits (`Worker`).
             bound.warning("import.file.not_stored", error=str(exc), cause=repr(exc.__cause__))
+            raise
+        except DATABASE_UNAVAILABLE as exc:
+            # Nor this: the database went away, or a lock or the pool timed
+            # out. Its result cannot be written now; failing the file
+            # (internal_error) would be final once the database is back. The
+            # claim is handed back, or its lease expires, and the file is
+            # imported again.
+            bound.warning("import.file.not_recorded", error=f"{type(exc).__name__}: {exc}")
             raise
         except Exception as exc:
             bound.exception("import.file.crashed")
