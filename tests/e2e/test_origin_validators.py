@@ -7,6 +7,10 @@ HTTP sets no limit and the origin is anyone on the internet.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
+import anyio
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -72,3 +76,51 @@ async def test_a_missing_blob_is_downloaded_again_although_the_origin_answers_30
     assert blob.read_bytes() == body
     served = await service.client.get(entry["asset"]["url"])
     assert (served.status_code, served.content) == (200, body)
+
+
+async def test_a_304_for_an_entry_another_job_changed_meanwhile_downloads_the_file_again(
+    service: RunningService, httpserver: HTTPServer
+) -> None:
+    """Job 1 asks the origin whether the entry's file changed; before the 304 comes, job 2
+    imports other bytes for the same key. The 304 spoke of the old bytes: job 1 downloads
+    the file whole, and the entry ends with bytes that match its source URL and ETag (before:
+    job 2's bytes under job 1's URL, and every later import of that URL a 304 that kept them)."""
+    first_body, second_body = png_bytes(5, 5), png_bytes(6, 6)
+    etag = '"v1"'
+    conditional: list[bool] = []
+    answer_304 = threading.Event()
+
+    def answer(request: Request) -> Response:
+        conditional.append(request.headers.get("If-None-Match") == etag)
+        if conditional[-1]:
+            answer_304.wait(30)
+            return Response(status=304, headers={"ETag": etag})
+        return Response(first_body, content_type="image/png", headers={"ETag": etag})
+
+    httpserver.expect_request("/a.png").respond_with_handler(answer)
+    from_a = [{"url": httpserver.url_for("/a.png"), "id": "k", "fileName": "k"}]
+    (created,) = (await service.import_and_wait({"systemName": "s", "files": from_a}))["files"]
+    assert created["status"] == "success"
+
+    job_1 = (await service.post_import({"systemName": "s", "files": from_a})).json()["id"]
+    with anyio.fail_after(10):
+        while conditional != [False, True]:  # job 1's conditional request waits at the origin
+            await anyio.sleep(0.02)
+    other = HTTPServer(host="127.0.0.1")
+    other.expect_request("/b.png").respond_with_data(second_body, content_type="image/png")
+    other.start()
+    try:
+        from_b = [{"url": other.url_for("/b.png"), "id": "k", "fileName": "k"}]
+        (changed,) = (await service.import_and_wait({"systemName": "s", "files": from_b}))["files"]
+    finally:
+        other.stop()
+    assert changed["status"] == "success"
+    answer_304.set()
+    (result,) = (await service.wait_finished(job_1))["files"]
+
+    assert result["status"] == "success", result
+    assert conditional == [False, True, False]  # the first import, job 1's conditional try, its download
+    entry = await service.media_entry(created["mediaId"])
+    assert entry["asset"]["sha256"] == hashlib.sha256(first_body).hexdigest()
+    served = await service.client.get(entry["asset"]["url"])
+    assert served.content == first_body

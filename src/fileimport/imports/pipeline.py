@@ -30,7 +30,14 @@ from fileimport.imports.recorder import ResultAlreadyRecorded, ResultRecorder
 from fileimport.imports.repository import LeasedFile
 from fileimport.imports.states import FileStatus
 from fileimport.media.repository import KnownEntry
-from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset
+from fileimport.media.service import (
+    EntryChange,
+    EntryImport,
+    OriginValidators,
+    StaleNotModified,
+    StoredAsset,
+    Unchanged,
+)
 from fileimport.projects.config import MediaTypeConfig, ProjectConfig
 
 log = structlog.get_logger(__name__)
@@ -69,10 +76,10 @@ crafted to be slow to parse (a JPEG of nothing but markers) took 2.2 ms at
 
 @dataclass(frozen=True)
 class _Downloaded:
-    """A file fetched and inspected, not yet stored; ``content`` None after a 304."""
+    """A file fetched and inspected, not yet stored; ``content`` `Unchanged` after a 304."""
 
     media_type: MediaTypeConfig
-    content: tuple[FetchedFile, ContentProbe] | None
+    content: tuple[FetchedFile, ContentProbe] | Unchanged
     origin: OriginValidators
     attempts: int
 
@@ -174,14 +181,21 @@ class FileImporter:
             # Storing waits on the disk (fsync), not on the origin: the slot
             # already serves the next download (bench case (a): the fsyncs of
             # a small file and its folder took 13 ms of the 17 ms it held a slot).
-            asset = await self._store(*got.content) if got.content is not None else None
+            content = got.content
+            asset = content if isinstance(content, Unchanged) else await self._store(*content)
         finally:
-            if got is not None and got.content is not None and got.content[0].path is not None:
+            if got is not None and not isinstance(got.content, Unchanged) and got.content[0].path is not None:
                 got.content[0].path.unlink(missing_ok=True)
-        return await self._save(ctx, file, got.media_type, asset, got.origin, got.attempts)
+        try:
+            return await self._save(ctx, file, got.media_type, asset, got.origin, got.attempts)
+        except StaleNotModified:
+            # Another import changed the entry's blob after this one read its
+            # validators: the 304 says nothing of the bytes it holds now.
+            log.info("import.file.not_modified_stale", job_id=ctx.job_id, external_id=file.external_id)
+            return await self._import(ctx, file, existing=None)  # unconditional this time
 
     async def _download(self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None) -> _Downloaded:
-        """Fetch and inspect the file; ``content`` None when the origin answered 304.
+        """Fetch and inspect the file; ``content`` `Unchanged` when the origin answered 304.
 
         On success the caller owns the spool file; on error it is already gone.
         """
@@ -216,7 +230,7 @@ class FileImporter:
                 )
             self._check_metadata(media_type, file)
             origin = OriginValidators(file.url, result.etag, result.last_modified)
-            return _Downloaded(media_type, None, origin, result.attempts)
+            return _Downloaded(media_type, Unchanged(existing.asset_key), origin, result.attempts)
         BYTES_FETCHED.inc(result.size)
         try:
             media_type, probe = await self._inspect(ctx, file, declared, result)
@@ -307,7 +321,7 @@ class FileImporter:
         ctx: JobContext,
         file: LeasedFile,
         media_type: MediaTypeConfig,
-        asset: StoredAsset | None,
+        asset: StoredAsset | Unchanged,
         origin: OriginValidators,
         attempts: int,
     ) -> tuple[FileStatus, str, int]:

@@ -48,6 +48,19 @@ class OriginValidators:
 
 
 @dataclass(frozen=True)
+class Unchanged:
+    """What a 304 Not Modified stands for in place of a `StoredAsset`: the origin's copy is the one
+    the entry held, as blob ``asset_key``, when the request's validators were read from it."""
+
+    asset_key: str
+
+
+class StaleNotModified(Exception):
+    """A 304 Not Modified no longer says what the entry holds: another import changed its blob
+    (or the entry went) between reading the validators and the answer. Download it again."""
+
+
+@dataclass(frozen=True)
 class EntryChange:
     """The fields an import sets on an entry."""
 
@@ -83,9 +96,9 @@ def _storable(origin: OriginValidators) -> tuple[str | None, str | None]:
     return etag, last_modified
 
 
-def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | None) -> bool:
+def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | Unchanged) -> bool:
     return (
-        (asset is not None and asset.sha256 != entry.sha256)
+        (isinstance(asset, StoredAsset) and asset.sha256 != entry.sha256)
         or entry.file_name != change.file_name
         or entry.metadata_ != change.metadata
         or entry.media_type != change.media_type
@@ -93,12 +106,12 @@ def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | None) 
 
 
 def _apply(
-    entry: MediaEntry, change: EntryChange, asset: StoredAsset | None, origin: OriginValidators
+    entry: MediaEntry, change: EntryChange, asset: StoredAsset | Unchanged, origin: OriginValidators
 ) -> None:
     entry.file_name = change.file_name
     entry.metadata_ = change.metadata
     entry.media_type = change.media_type
-    if asset is not None:
+    if isinstance(asset, StoredAsset):
         entry.asset_key = asset.key
         entry.sha256 = asset.sha256
         entry.size = asset.size
@@ -110,26 +123,34 @@ def _apply(
     entry.origin_etag, entry.origin_last_modified = _storable(origin)
 
 
+def _check_unchanged(entry: MediaEntry | None, asset: StoredAsset | Unchanged) -> None:
+    """Raise `StaleNotModified` when ``asset`` is a 304 for a blob the entry (locked) no longer holds."""
+    if isinstance(asset, Unchanged) and (entry is None or entry.asset_key != asset.asset_key):
+        raise StaleNotModified(
+            "the entry's blob changed after its validators were read" if entry else "the entry is gone"
+        )
+
+
 def upsert_entry(
     session: Session,
     project_id: int,
     change: EntryChange,
-    asset: StoredAsset | None,
+    asset: StoredAsset | Unchanged,
     origin: OriginValidators,
 ) -> UpsertOutcome:
     """Create, update or leave the entry for ``change``'s key; flushes, never commits.
 
-    ``asset`` None means the origin answered 304 Not Modified: the bytes are
-    the entry's current ones (raises LookupError if there is no entry).
-    Two transactions racing on one key: the loser's insert hits the unique
+    ``asset`` `Unchanged` means the origin answered 304 Not Modified: the
+    bytes are the entry's, if it still holds that blob (else raises
+    `StaleNotModified`). Two transactions racing on one key: the loser's insert hits the unique
     constraint inside a savepoint and it continues as an update. Sync: run
     it in `Database.run_in_transaction` or with ``AsyncSession.run_sync``.
     """
     key = {(change.system_name, change.external_id)}
     entry = repository.lock_entries_by_keys(session, project_id, key).get(next(iter(key)))
+    _check_unchanged(entry, asset)
     if entry is None:
-        if asset is None:
-            raise LookupError("304 Not Modified for an entry that does not exist")
+        assert isinstance(asset, StoredAsset)  # noqa: S101 - `_check_unchanged`
         entry = _new_entry(project_id, change, asset, origin)
         try:
             with session.begin_nested():
@@ -155,10 +176,10 @@ def upsert_entry(
 
 @dataclass(frozen=True)
 class EntryImport:
-    """One import's change to the library: ``asset`` None means 304 Not Modified."""
+    """One import's change to the library: ``asset`` `Unchanged` after a 304 Not Modified."""
 
     change: EntryChange
-    asset: StoredAsset | None
+    asset: StoredAsset | Unchanged
     origin: OriginValidators
 
 
@@ -170,7 +191,8 @@ def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImp
     named twice is created by the first and updated or left by the second.
     Raises IntegrityError when a concurrent transaction created one of the
     keys first: the caller then retries those imports one by one with
-    ``upsert_entry``, which resolves that race within its transaction.
+    ``upsert_entry``, which resolves that race within its transaction (and
+    raises `StaleNotModified` for a 304 that no longer applies).
     """
     keys = {(i.change.system_name, i.change.external_id) for i in imports}
     entries = repository.lock_entries_by_keys(session, project_id, keys)
@@ -180,9 +202,9 @@ def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImp
         change, asset = item.change, item.asset
         key = (change.system_name, change.external_id)
         entry = entries.get(key)
+        _check_unchanged(entry, asset)
         if entry is None:
-            if asset is None:
-                raise LookupError("304 Not Modified for an entry that does not exist")
+            assert isinstance(asset, StoredAsset)  # noqa: S101 - `_check_unchanged`
             entry = _new_entry(project_id, change, asset, item.origin)
             entries[key] = entry
             created.append(entry)
