@@ -46,7 +46,7 @@ from fileimport.core.dispatch import Topic
 from fileimport.core.errors import validation_details
 from fileimport.core.logging import configure_logging
 from fileimport.core.processes import pid_prefix, remove_folders_of_dead_processes
-from fileimport.core.settings import Settings, get_settings
+from fileimport.core.settings import MIN_SAFE_BLOB_AGE, Settings, get_settings
 from fileimport.projects.config import ProjectConfig
 from fileimport.projects.service import ProjectExistsError, create_project, describe_project, get_project
 
@@ -407,9 +407,6 @@ def worker() -> None:
             await runtime.close()
 
     anyio.run(main, backend_options={"use_uvloop": True})
-
-
-MIN_SAFE_BLOB_AGE = timedelta(minutes=10)
 
 
 @app.command()

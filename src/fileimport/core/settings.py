@@ -39,6 +39,11 @@ def _option_text(value: object) -> object:
     return value
 
 
+MIN_SAFE_BLOB_AGE = timedelta(minutes=10)
+"""Youngest unreferenced blob a sweep may delete while imports run: an import stores its blob
+before it commits the entry that references it (`fileimport.media.tasks`)."""
+
+
 class Settings(BaseSettings):
     """The service's configuration; see the README for each variable."""
 
@@ -84,10 +89,15 @@ class Settings(BaseSettings):
         default=0.25, gt=0, description="How often an idle worker looks for files to import."
     )
     blob_sweep_interval: timedelta = Field(
-        default=timedelta(hours=1), description="How often a worker deletes unreferenced blobs."
+        default=timedelta(hours=1),
+        gt=timedelta(0),
+        description="How often a worker deletes unreferenced blobs.",
     )
     blob_sweep_min_age: timedelta = Field(
-        default=timedelta(hours=1), description="Unreferenced blobs younger than this are kept."
+        default=timedelta(hours=1),
+        ge=MIN_SAFE_BLOB_AGE,
+        description="Unreferenced blobs younger than this are kept; at least 10 minutes, since an "
+        "import stores its blob before it commits the entry that references it.",
     )
     file_max_leases: int = Field(
         default=5,

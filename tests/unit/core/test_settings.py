@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
 
@@ -99,3 +101,25 @@ def test_unsupported_storage_url_is_refused() -> None:
 def test_production_mode_refuses_embedded_choices(changes: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(mode="production", **changes)
+
+
+@pytest.mark.parametrize("age", ["PT9M59S", "PT1M", "PT0S"])
+def test_a_blob_sweep_that_could_delete_an_import_in_progress_is_refused(
+    monkeypatch: pytest.MonkeyPatch, age: str
+) -> None:
+    """An import stores its blob before it commits the entry: a sweep of blobs younger than
+    10 minutes could delete one between the two (as ``fileimport gc`` refuses too)."""
+    monkeypatch.setenv("FILEIMPORT_BLOB_SWEEP_MIN_AGE", age)
+    with pytest.raises(ValidationError, match="blob_sweep_min_age"):
+        Settings()
+
+
+def test_a_blob_sweep_of_ten_minutes_and_older_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEIMPORT_BLOB_SWEEP_MIN_AGE", "PT10M")
+    assert Settings().blob_sweep_min_age == timedelta(minutes=10)
+
+
+def test_a_blob_sweep_interval_of_zero_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEIMPORT_BLOB_SWEEP_INTERVAL", "PT0S")
+    with pytest.raises(ValidationError, match="blob_sweep_interval"):
+        Settings()
