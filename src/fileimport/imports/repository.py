@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -172,6 +172,16 @@ _FREE_FILE = and_(
     or_(_files.c.lease_expires_at.is_(None), _files.c.lease_expires_at < bindparam("now")),
 )
 """A file a claim may take: pending, with no lease or one that expired before ``now``."""
+_CLAIM_JOBS_WITH_FREE_FILES = (
+    select(_jobs.c.id)
+    .where(
+        _jobs.c.state == JobState.STARTED,
+        exists().where(_files.c.job_id == _jobs.c.id, _FREE_FILE),
+    )
+    .order_by(_jobs.c.claimed_at.is_not(None), _jobs.c.claimed_at, _jobs.c.started_at)
+    .limit(CLAIM_JOB_CANDIDATES)
+)
+"""The started jobs that have a free file, for when every job of `_CLAIM_CANDIDATE_JOBS` had none."""
 _CLAIM_FREE_FILES = (
     select(_files.c.id, _files.c.leases)
     .where(_files.c.job_id == bindparam("job_id"), _FREE_FILE)
@@ -249,7 +259,10 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
     """Lease up to ``terms.limit`` pending files of one started job; None when no file is free.
 
     The job is the one whose files were leased least recently (round robin,
-    so every running job progresses); within it, files go in batch order. A
+    so every running job progresses) among those with a free file: the
+    `CLAIM_JOB_CANDIDATES` leased least recently are looked at first, and
+    only if none of them has one, the jobs that do (a cost only then). Within
+    the job, files go in batch order. A
     file is free when it has no lease or its lease expired before ``now``.
     When fewer than ``limit`` files are free, the claim takes half of them,
     but at least ``fill`` (the claiming worker's download slots), and leaves
@@ -268,10 +281,26 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
     keeps PostgreSQL workers from waiting on each other; SQLite serialises
     writers (BEGIN IMMEDIATE). Sync: runs in `Database.run_in_transaction`.
     """
-    now, limit, max_leases = terms.now, terms.limit, terms.max_leases
-    candidates = session.execute(_CLAIM_CANDIDATE_JOBS).scalars().all()
+    candidates = list(session.execute(_CLAIM_CANDIDATE_JOBS).scalars())
     if terms.prefer_job is not None:
         candidates = [terms.prefer_job, *(j for j in candidates if j != terms.prefer_job)]
+    claimed = _claim_from(session, candidates, terms, interrupted_reason)
+    if claimed is None and len(candidates) >= CLAIM_JOB_CANDIDATES:
+        # The jobs claimed least recently had nothing free (their files
+        # all leased: long downloads at their tails); a job claimed since
+        # may have some. Asked only now: the query costs more.
+        with_free = session.execute(_CLAIM_JOBS_WITH_FREE_FILES, {"now": terms.now}).scalars().all()
+        claimed = _claim_from(
+            session, [j for j in with_free if j not in candidates], terms, interrupted_reason
+        )
+    return claimed
+
+
+def _claim_from(
+    session: Session, candidates: Sequence[str], terms: ClaimTerms, interrupted_reason: str
+) -> ClaimedFiles | None:
+    """`claim_files` among ``candidates``, in order: the first that has free files."""
+    now, limit, max_leases = terms.now, terms.limit, terms.max_leases
     for index, job_id in enumerate(candidates):
         rows = session.execute(_CLAIM_FREE_FILES, {"job_id": job_id, "now": now, "limit": limit}).all()
         if not rows:

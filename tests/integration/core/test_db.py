@@ -363,3 +363,33 @@ async def test_a_worker_on_a_host_with_a_long_name_can_lease_files(
     claimed = await claim(db, owner, now)
     assert claimed is not None
     assert claimed.files[0].lease_owner == owner
+
+
+async def test_a_job_with_free_files_is_claimed_when_the_jobs_claimed_before_it_have_none(
+    db: Database,
+) -> None:
+    """Claims look first at the jobs leased least recently. When every one of those has all
+    its files leased (long downloads at their tails), a job leased more recently that still
+    has free files must be claimed, not left until one of those tails ends."""
+    project_id = await new_project_id(db)
+    now = utcnow()
+    busy = [f"busy-{n}" for n in range(repository.CLAIM_JOB_CANDIDATES)]
+    async with db.transaction() as session:
+        for n, job_id in enumerate(busy):
+            session.add(
+                new_job(project_id, job_id, started_at=now, claimed_at=now - timedelta(minutes=10 - n))
+            )
+        session.add(new_job(project_id, "waiting", started_at=now, claimed_at=now - timedelta(minutes=1)))
+        await session.flush()
+        session.add_all(
+            [
+                new_file(job_id, 0, lease_owner="other", lease_expires_at=now + timedelta(hours=1))
+                for job_id in busy
+            ]
+            + [new_file("waiting", 0), new_file("waiting", 1)]
+        )
+
+    claimed = await claim(db, "w1", now, limit=2)
+    assert claimed is not None
+    assert (claimed.job_id, [f.position for f in claimed.files]) == ("waiting", [0, 1])
+    assert await claim(db, "w2", now, limit=2) is None
