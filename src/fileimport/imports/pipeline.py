@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 import structlog
@@ -59,6 +60,7 @@ class JobContext:
     job_id: str
     project_id: int
     system_name: str
+    started_at: datetime  # the job's startedAt: an older job's import never undoes a newer's
     config: ProjectConfig
 
 
@@ -333,7 +335,7 @@ class FileImporter:
             media_type=media_type.handle,
         )
         recorded = await self.recorder.record_import(
-            ctx.job_id, ctx.project_id, file.id, EntryImport(change, asset, origin), attempts
+            ctx.job_id, ctx.project_id, file.id, EntryImport(change, asset, origin, ctx.started_at), attempts
         )
         assert recorded.media_id is not None  # noqa: S101 - an import always names its entry
         return recorded.status, recorded.media_id, attempts

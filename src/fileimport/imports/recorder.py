@@ -34,6 +34,12 @@ from fileimport.media.service import EntryImport, UpsertAction, upsert_entries, 
 log = structlog.get_logger(__name__)
 
 REASON_ALREADY_EXISTS = "already exists"
+REASON_SUPERSEDED = (
+    "a job posted later already imported this file; this older one changes nothing "
+    "(post it again to make it the newest)"
+)
+SKIP_REASONS = {UpsertAction.UNCHANGED: REASON_ALREADY_EXISTS, UpsertAction.SUPERSEDED: REASON_SUPERSEDED}
+"""The reason of a ``skipped`` result, by what its import did to the entry."""
 
 
 class ResultAlreadyRecorded(Exception):
@@ -168,13 +174,12 @@ def _write_batch(
         imports = [i.entry_import for i in items if i.entry_import]
         if alone:
             (only,) = imports
-            outcomes = [upsert_entry(session, project_id, only.change, only.asset, only.origin)]
+            outcomes = [upsert_entry(session, project_id, only)]
         else:
             outcomes = upsert_entries(session, project_id, imports)
         for item, outcome in zip(items, outcomes, strict=True):
-            unchanged = outcome.action is UpsertAction.UNCHANGED
-            status = FileStatus.SKIPPED if unchanged else FileStatus.SUCCESS
-            reason = REASON_ALREADY_EXISTS if unchanged else None
+            reason = SKIP_REASONS.get(outcome.action)
+            status = FileStatus.SKIPPED if reason else FileStatus.SUCCESS
             rows.append(_row(item, status, outcome.media_id, None, reason, now))
             resolved.append((item, RecordedResult(status, outcome.media_id)))
     for item in live:

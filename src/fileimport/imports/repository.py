@@ -223,19 +223,20 @@ _CLAIM_LEASE = (
 
 
 _JOB_OF_CLAIM = (
-    select(_jobs.c.project_id, _jobs.c.system_name, _projects.c.config)
+    select(_jobs.c.project_id, _jobs.c.system_name, _jobs.c.started_at, _projects.c.config)
     .join_from(_jobs, _projects, _jobs.c.project_id == _projects.c.id)
     .where(_jobs.c.id == bindparam("job_id"))
 )
 
 
-def job_of_claim(session: Session, job_id: str) -> tuple[int, str, dict[str, Any]]:
-    """The job's project id, system name and its project's raw media type config (sync).
+def job_of_claim(session: Session, job_id: str) -> tuple[int, str, datetime, dict[str, Any]]:
+    """The job's project id, system name, ``startedAt`` and its project's raw media type
+    config (sync).
 
     Raises ``sqlalchemy.exc.NoResultFound`` for an unknown job.
     """
-    project_id, system_name, config = session.execute(_JOB_OF_CLAIM, {"job_id": job_id}).one()
-    return project_id, system_name, config
+    project_id, system_name, started_at, config = session.execute(_JOB_OF_CLAIM, {"job_id": job_id}).one()
+    return project_id, system_name, started_at, config
 
 
 @dataclass(frozen=True)

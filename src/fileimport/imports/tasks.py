@@ -51,8 +51,8 @@ def claim_work(session: Session, terms: repository.ClaimTerms) -> ClaimedWork | 
         return None
     # Files failed here as interrupted may have been the job's last pending ones.
     finished = finish_jobs_if_done(session, [claim.job_id]) if claim.exhausted else []
-    project_id, system_name, config = repository.job_of_claim(session, claim.job_id)
-    ctx = JobContext(claim.job_id, project_id, system_name, ProjectConfig.model_validate(config))
+    project_id, system_name, started_at, config = repository.job_of_claim(session, claim.job_id)
+    ctx = JobContext(claim.job_id, project_id, system_name, started_at, ProjectConfig.model_validate(config))
     keys = [f.external_id for f in claim.files]
     existing = list_known_entries(session, project_id, system_name, keys)
     return ClaimedWork(claim, ctx, existing, finished)

@@ -48,3 +48,7 @@ class MediaEntry(Base):
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # ``startedAt`` of the newest job whose import of this key was recorded:
+    # an older job's import, recorded later, must not undo it. NULL for
+    # entries written before this column existed.
+    job_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 from urllib.parse import quote
@@ -75,6 +76,7 @@ class UpsertAction(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+    SUPERSEDED = "superseded"  # a job started later already imported the key: nothing changed
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,9 @@ def _differs(entry: MediaEntry, change: EntryChange, asset: StoredAsset | Unchan
     )
 
 
-def _apply(
-    entry: MediaEntry, change: EntryChange, asset: StoredAsset | Unchanged, origin: OriginValidators
-) -> None:
+def _apply(entry: MediaEntry, item: EntryImport) -> None:
+    change, asset, origin = item.change, item.asset, item.origin
+    entry.job_started_at = item.job_started_at
     entry.file_name = change.file_name
     entry.metadata_ = change.metadata
     entry.media_type = change.media_type
@@ -131,27 +133,45 @@ def _check_unchanged(entry: MediaEntry | None, asset: StoredAsset | Unchanged) -
         )
 
 
-def upsert_entry(
-    session: Session,
-    project_id: int,
-    change: EntryChange,
-    asset: StoredAsset | Unchanged,
-    origin: OriginValidators,
-) -> UpsertOutcome:
-    """Create, update or leave the entry for ``change``'s key; flushes, never commits.
+def _superseded(entry: MediaEntry | None, job_started_at: datetime) -> bool:
+    """Whether a job started after ``job_started_at`` already imported the entry's key."""
+    return entry is not None and entry.job_started_at is not None and job_started_at < entry.job_started_at
 
-    ``asset`` `Unchanged` means the origin answered 304 Not Modified: the
+
+def _leave(entry: MediaEntry, item: EntryImport) -> UpsertOutcome:
+    """Record that ``item`` found the entry as it is: its validators (the latest answer of its
+    origin) and its job, so that an older job does not undo what this one confirmed."""
+    entry.origin_etag, entry.origin_last_modified = _storable(item.origin)
+    entry.job_started_at = item.job_started_at
+    return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)
+
+
+def _update(entry: MediaEntry, item: EntryImport) -> UpsertOutcome:
+    _apply(entry, item)
+    entry.version += 1
+    entry.updated_at = utcnow()
+    return UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED)
+
+
+def upsert_entry(session: Session, project_id: int, item: EntryImport) -> UpsertOutcome:
+    """Create, update or leave the entry for ``item``'s key; flushes, never commits.
+
+    ``item.asset`` `Unchanged` means the origin answered 304 Not Modified: the
     bytes are the entry's, if it still holds that blob (else raises
-    `StaleNotModified`). Two transactions racing on one key: the loser's insert hits the unique
-    constraint inside a savepoint and it continues as an update. Sync: run
-    it in `Database.run_in_transaction` or with ``AsyncSession.run_sync``.
+    `StaleNotModified`). An entry last imported by a job started after
+    ``item``'s is left as it is (`UpsertAction.SUPERSEDED`): jobs finish in
+    any order, and the newer one's file wins. Two transactions racing on one
+    key: the loser's insert hits the unique constraint inside a savepoint and
+    it continues as an update. Sync: run it in `Database.run_in_transaction`
+    or with ``AsyncSession.run_sync``.
     """
+    change, asset = item.change, item.asset
     key = {(change.system_name, change.external_id)}
     entry = repository.lock_entries_by_keys(session, project_id, key).get(next(iter(key)))
-    _check_unchanged(entry, asset)
     if entry is None:
+        _check_unchanged(entry, asset)
         assert isinstance(asset, StoredAsset)  # noqa: S101 - `_check_unchanged`
-        entry = _new_entry(project_id, change, asset, origin)
+        entry = _new_entry(project_id, item, asset)
         try:
             with session.begin_nested():
                 session.add(entry)
@@ -161,26 +181,30 @@ def upsert_entry(
                 raise
         else:
             return UpsertOutcome(entry.id, entry.version, UpsertAction.CREATED)
-
-    if not _differs(entry, change, asset):
-        if _storable(origin) != (entry.origin_etag, entry.origin_last_modified):
-            entry.origin_etag, entry.origin_last_modified = _storable(origin)
-            session.flush()
-        return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)
-    _apply(entry, change, asset, origin)
-    entry.version += 1
-    entry.updated_at = utcnow()
+    outcome = _change(entry, item)
     session.flush()
-    return UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED)
+    return outcome
+
+
+def _change(entry: MediaEntry, item: EntryImport) -> UpsertOutcome:
+    """What ``item`` does to an existing ``entry`` (locked); raises `StaleNotModified`."""
+    if _superseded(entry, item.job_started_at):
+        return UpsertOutcome(entry.id, entry.version, UpsertAction.SUPERSEDED)
+    _check_unchanged(entry, item.asset)
+    if not _differs(entry, item.change, item.asset):
+        return _leave(entry, item)
+    return _update(entry, item)
 
 
 @dataclass(frozen=True)
 class EntryImport:
-    """One import's change to the library: ``asset`` `Unchanged` after a 304 Not Modified."""
+    """One import's change to the library: ``asset`` `Unchanged` after a 304 Not Modified;
+    ``job_started_at`` is when its job was posted (an older job's import never undoes a newer's)."""
 
     change: EntryChange
     asset: StoredAsset | Unchanged
     origin: OriginValidators
+    job_started_at: datetime
 
 
 def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImport]) -> list[UpsertOutcome]:
@@ -202,21 +226,15 @@ def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImp
         change, asset = item.change, item.asset
         key = (change.system_name, change.external_id)
         entry = entries.get(key)
-        _check_unchanged(entry, asset)
         if entry is None:
+            _check_unchanged(entry, asset)
             assert isinstance(asset, StoredAsset)  # noqa: S101 - `_check_unchanged`
-            entry = _new_entry(project_id, change, asset, item.origin)
+            entry = _new_entry(project_id, item, asset)
             entries[key] = entry
             created.append(entry)
             outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.CREATED))
-        elif not _differs(entry, change, asset):
-            entry.origin_etag, entry.origin_last_modified = _storable(item.origin)
-            outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED))
         else:
-            _apply(entry, change, asset, item.origin)
-            entry.version += 1
-            entry.updated_at = utcnow()
-            outcomes.append(UpsertOutcome(entry.id, entry.version, UpsertAction.UPDATED))
+            outcomes.append(_change(entry, item))
     session.flush()  # the changed entries (loaded, so tracked by the session)
     if created:
         # Core executemany: the new entries are plain rows, and the ORM's unit
@@ -226,9 +244,9 @@ def upsert_entries(session: Session, project_id: int, imports: Sequence[EntryImp
     return outcomes
 
 
-def _new_entry(
-    project_id: int, change: EntryChange, asset: StoredAsset, origin: OriginValidators
-) -> MediaEntry:
+def _new_entry(project_id: int, item: EntryImport, asset: StoredAsset) -> MediaEntry:
+    """The entry ``item`` creates (``asset``: its stored bytes, never `Unchanged`)."""
+    change = item.change
     now = utcnow()
     entry = MediaEntry(
         id=new_id("m_"),
@@ -239,7 +257,7 @@ def _new_entry(
         created_at=now,
         updated_at=now,
     )
-    _apply(entry, change, asset, origin)
+    _apply(entry, item)
     return entry
 
 

@@ -21,12 +21,20 @@ from fileimport.imports import repository
 from fileimport.imports.models import ImportFile, ImportJob
 from fileimport.imports.states import FileStatus
 from fileimport.media.models import MediaEntry
-from fileimport.media.service import EntryChange, OriginValidators, StoredAsset, UpsertAction, upsert_entry
+from fileimport.media.service import (
+    EntryChange,
+    EntryImport,
+    OriginValidators,
+    StoredAsset,
+    UpsertAction,
+    upsert_entry,
+)
 from fileimport.projects.service import create_project
 from fileimport.worker import Worker
 
 ASSET = StoredAsset(key="sha256/ab/cd/" + "ab" * 32, sha256="ab" * 32, size=3, mime_type="image/png")
 ORIGIN = OriginValidators("http://127.0.0.1/a.png", etag='"1"')
+JOB_STARTED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -298,11 +306,15 @@ async def test_two_transactions_racing_on_one_key_make_one_entry(db: Database) -
 
     async def second() -> tuple[str, UpsertAction]:
         async with db.transaction() as session:
-            outcome = await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
+            outcome = await session.run_sync(
+                upsert_entry, project_id, EntryImport(change, ASSET, ORIGIN, JOB_STARTED)
+            )
             return outcome.media_id, outcome.action
 
     async with db.transaction() as session:
-        first = await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
+        first = await session.run_sync(
+            upsert_entry, project_id, EntryImport(change, ASSET, ORIGIN, JOB_STARTED)
+        )
         racing = asyncio.create_task(second())
         await asyncio.sleep(0.5)
         assert not racing.done(), "the second transaction should wait for the first"
@@ -321,11 +333,13 @@ async def test_racing_update_after_unique_violation_bumps_the_version_once(db: D
 
     async def second() -> tuple[int, UpsertAction]:
         async with db.transaction() as session:
-            outcome = await session.run_sync(upsert_entry, project_id, changed, ASSET, ORIGIN)
+            outcome = await session.run_sync(
+                upsert_entry, project_id, EntryImport(changed, ASSET, ORIGIN, JOB_STARTED)
+            )
             return outcome.version, outcome.action
 
     async with db.transaction() as session:
-        await session.run_sync(upsert_entry, project_id, change, ASSET, ORIGIN)
+        await session.run_sync(upsert_entry, project_id, EntryImport(change, ASSET, ORIGIN, JOB_STARTED))
         racing = asyncio.create_task(second())
         await asyncio.sleep(0.5)
     assert await asyncio.wait_for(racing, 10) == (2, UpsertAction.UPDATED)
@@ -339,11 +353,15 @@ async def test_json_metadata_round_trips_unicode_and_nesting(db: Database) -> No
     metadata = {"title": "Zürich ☃ 東京", "tags": ["a", "b"], "n": 1.5, "nested": {"ok": True, "none": None}}
     async with db.transaction() as session:
         await session.run_sync(
-            upsert_entry, project_id, EntryChange("s", "e", "f", metadata, "image"), ASSET, ORIGIN
+            upsert_entry,
+            project_id,
+            EntryImport(EntryChange("s", "e", "f", metadata, "image"), ASSET, ORIGIN, JOB_STARTED),
         )
     async with db.transaction() as session:
         again = await session.run_sync(
-            upsert_entry, project_id, EntryChange("s", "e", "f", dict(metadata), "image"), ASSET, ORIGIN
+            upsert_entry,
+            project_id,
+            EntryImport(EntryChange("s", "e", "f", dict(metadata), "image"), ASSET, ORIGIN, JOB_STARTED),
         )
     assert again.action is UpsertAction.UNCHANGED
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,13 +20,21 @@ from fileimport.imports.schemas import ImportRequest
 from fileimport.imports.service import create_job
 from fileimport.imports.states import FileStatus, JobState
 from fileimport.media.models import MediaEntry
-from fileimport.media.service import EntryChange, EntryImport, OriginValidators, StoredAsset, upsert_entry
+from fileimport.media.service import (
+    EntryChange,
+    EntryImport,
+    OriginValidators,
+    StoredAsset,
+    UpsertAction,
+    upsert_entry,
+)
 from fileimport.projects.service import create_project
 from fileimport.webhooks.models import WebhookDelivery
 
 SHA = "ab" * 32
 ASSET = StoredAsset(key=f"sha256/ab/ab/{SHA}", sha256=SHA, size=3, mime_type="image/png")
 ORIGIN = OriginValidators("http://127.0.0.1:9/a.png")
+JOB_STARTED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 async def new_job(db: Database, body: dict[str, Any]) -> tuple[int, str, list[ImportFile]]:
@@ -70,11 +79,17 @@ async def test_a_key_created_by_another_transaction_mid_batch_gives_one_entry_an
         async with ResultRecorder(db) as recorder:
             async with db.transaction() as other_worker:
                 # Another worker's transaction creates the raced key and holds it uncommitted.
-                await other_worker.run_sync(upsert_entry, project_id, change("raced"), ASSET, ORIGIN)
+                await other_worker.run_sync(
+                    upsert_entry, project_id, EntryImport(change("raced"), ASSET, ORIGIN, JOB_STARTED)
+                )
                 batch = [
                     asyncio.create_task(
                         recorder.record_import(
-                            job_id, project_id, f.id, EntryImport(change(f.external_id), ASSET, ORIGIN), 1
+                            job_id,
+                            project_id,
+                            f.id,
+                            EntryImport(change(f.external_id), ASSET, ORIGIN, JOB_STARTED),
+                            1,
                         )
                     )
                     for f in files
@@ -215,7 +230,7 @@ async def test_a_result_that_cannot_be_written_for_a_caller_gone_leaves_the_reco
         no_such_project = project_id + 1000  # its entry breaks the foreign key: the write fails
 
         def entry_import(external_id: str) -> EntryImport:
-            return EntryImport(EntryChange("s", external_id, "a", {}, "image"), ASSET, ORIGIN)
+            return EntryImport(EntryChange("s", external_id, "a", {}, "image"), ASSET, ORIGIN, JOB_STARTED)
 
         async with ResultRecorder(db) as recorder:
             doomed = asyncio.create_task(
@@ -229,5 +244,49 @@ async def test_a_result_that_cannot_be_written_for_a_caller_gone_leaves_the_reco
                 recorder.record_import(job_id, project_id, second.id, entry_import("y"), 1), 30
             )
         assert result.status is FileStatus.SUCCESS
+    finally:
+        await db.dispose()
+
+
+async def test_an_older_jobs_import_recorded_after_a_newer_ones_changes_nothing(database_url: str) -> None:
+    """A sync posts job 1 (the file as it was), then job 2 (as it is now); job 1's download is
+    slow and its result comes last. It must not put the old file back: the entry keeps job 2's
+    bytes, and job 1's file is skipped with a reason. A job posted later still wins."""
+    db = Database(database_url)
+    try:
+        project_id, job_id, (file,) = await new_job(
+            db, {"systemName": "s", "files": [{"url": ORIGIN.url, "id": "k", "fileName": "a"}]}
+        )
+        old_bytes = StoredAsset(
+            key="sha256/01/01/" + "01" * 32, sha256="01" * 32, size=1, mime_type="image/png"
+        )
+        new_bytes = StoredAsset(
+            key="sha256/02/02/" + "02" * 32, sha256="02" * 32, size=2, mime_type="image/png"
+        )
+        change = EntryChange("s", "k", "a", {}, "image")
+        posted = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+        job_1, job_2, job_3 = posted, posted + timedelta(seconds=1), posted + timedelta(seconds=2)
+
+        def entry_sha(session: Session) -> str:
+            return session.scalars(select(MediaEntry.sha256)).one()
+
+        async with db.transaction() as session:  # job 2's import, recorded first
+            await session.run_sync(upsert_entry, project_id, EntryImport(change, new_bytes, ORIGIN, job_2))
+        async with ResultRecorder(db) as recorder:
+            late = await recorder.record_import(
+                job_id, project_id, file.id, EntryImport(change, old_bytes, ORIGIN, job_1), 1
+            )
+        assert late.status is FileStatus.SKIPPED
+        assert await db.run_read(entry_sha) == new_bytes.sha256
+        (result,) = await db.run_read(lambda session: repository.list_file_results(session, job_id))
+        assert result.reason is not None
+        assert "a job posted later" in result.reason
+
+        async with db.transaction() as session:  # a job posted after both: it wins
+            newest = await session.run_sync(
+                upsert_entry, project_id, EntryImport(change, old_bytes, ORIGIN, job_3)
+            )
+        assert newest.action is UpsertAction.UPDATED
+        assert await db.run_read(entry_sha) == old_bytes.sha256
     finally:
         await db.dispose()
