@@ -53,7 +53,15 @@ def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
         (body(files=[GOOD_FILE, dict(GOOD_FILE, id="2", url="http://2130706433/2.jpg")]), {"files.1.url"}),
         (body(files=[GOOD_FILE, dict(GOOD_FILE, id="2", url="http://127.1:8080/2.jpg")]), {"files.1.url"}),
         (body(webhook="http://0x7f.0.0.1/hook"), {"webhook"}),
+        (body(files=[dict(GOOD_FILE, url="http://①②⑦.0.0.1/cat.jpg")]), {"files.0.url"}),
+        (body(files=[dict(GOOD_FILE, url="http://[::1%25lo]:9/cat.jpg")]), {"files.0.url"}),
         (body(systemName=""), {"systemName"}),
+        # Misspelt keys: a 400 naming each, not a job without a webhook or a file without metadata.
+        (body(webHook="http://127.0.0.1:9/hook"), {"webHook"}),
+        (
+            body(files=[{**GOOD_FILE, "metaData": {"caption": "x"}, "mediatype": "image"}]),
+            {"files.0.metaData", "files.0.mediatype"},
+        ),
         (
             body(files=[dict(GOOD_FILE, url="bad"), dict(GOOD_FILE, id="b", metadata={"title": ["x"]})]),
             {"files.0.url", "files.1.metadata.title"},

@@ -207,6 +207,8 @@ def validation_message(error: dict[str, Any]) -> str:
             return f"must match the pattern {ctx.get('pattern')}"
         case "value_error":
             return str(ctx.get("error", error.get("msg", "is invalid")))
+        case "extra_forbidden":
+            return "is not a known field (names are case-sensitive)"
     return str(error.get("msg", "is invalid"))
 
 

@@ -6,7 +6,9 @@ host is a DNS name or an IP literal, with a port in 1-65535, no user info
 and no control characters. An IPv4 address must be written as four decimal
 numbers (RFC 3986 §3.2.2 ``IPv4address``): the legacy forms that
 ``inet_aton`` and browsers (WHATWG URL) also read, such as ``0177.0.0.1``,
-``0x7f.1``, ``127.1`` or ``2130706433``, are refused rather than guessed. Spaces and non-ASCII characters in the path and
+``0x7f.1``, ``127.1`` or ``2130706433``, or one in other digits that IDNA
+maps to these (``①②⑦.0.0.1``), are refused rather than guessed; so is an
+IPv6 zone (``[fe80::1%25eth0]``, RFC 6874). Spaces and non-ASCII characters in the path and
 query are allowed; they are percent-encoded when fetched (RFC 3986 §2.1).
 The check is plain string work, cheap enough for a 1000-file batch.
 """
@@ -81,8 +83,10 @@ def host_problem(authority: str) -> str | None:
         if port and not port.startswith(":"):
             return "must name a valid host"
         port = port[1:]
+        if "%" in host:  # RFC 6874: a zone names an interface of the sender, no remote host
+            return "must not name an IPv6 zone (the part after %)"
         try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
+            ipaddress.IPv6Address(host)
         except ValueError:
             return "must name a valid host"
     else:
@@ -93,7 +97,8 @@ def host_problem(authority: str) -> str | None:
         ascii_host = _ascii_host_name(host)
         if ascii_host is None:
             return "must name a valid host"
-        if _ends_in_number(ascii_host) and not _is_dotted_decimal(ascii_host):
+        # Non-ASCII digits ("①②⑦.0.0.1") become an address through IDNA's mapping: refused too.
+        if _ends_in_number(ascii_host) and (not host.isascii() or not _is_dotted_decimal(ascii_host)):
             return IPV4_FORM_PROBLEM
     if port and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
         return "must have a port from 1 to 65535"

@@ -72,7 +72,8 @@ HttpUrl = Annotated[
 class ImportFileSpec(BaseModel):
     """One file of a batch, as the reference names its keys."""
 
-    model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=False)
+    # A misspelt key ("metaData", "mediatype") is a 400 naming it, not a file imported without it.
+    model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=False, extra="forbid")
 
     url: HttpUrl = Field(description="Absolute http(s) URL, at most 2048 characters.")
     id: str = Field(
@@ -124,7 +125,10 @@ REFERENCE_EXAMPLE: dict[str, Any] = {
 class ImportRequest(BaseModel):
     """Body of ``POST /api/v1/import/files``."""
 
-    model_config = ConfigDict(populate_by_name=True, json_schema_extra={"examples": [REFERENCE_EXAMPLE]})
+    # A misspelt "webHook" is a 400 naming it, not a job whose webhook never comes.
+    model_config = ConfigDict(
+        populate_by_name=True, extra="forbid", json_schema_extra={"examples": [REFERENCE_EXAMPLE]}
+    )
 
     system_name: str = Field(
         alias="systemName",
