@@ -9,19 +9,28 @@ from pathlib import Path
 
 
 def process_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists on this host (signal 0, kill(2)).
+    """True when a process with ``pid`` runs on this host (signal 0, kill(2)), not a zombie.
 
-    A process of another user counts as alive (``EPERM``). Used to tell the
-    leftovers of a killed process (spool folders, blobs a sweep had set aside)
-    from the work of one still running.
+    A process of another user counts as alive (``EPERM``). A killed process
+    that its parent has not waited for yet (a zombie, state ``Z`` in
+    ``/proc/<pid>/stat``, proc(5)) still answers signal 0 but does nothing:
+    it counts as dead, so that a service restarted at once after ``kill -9``
+    cleans up after it. Used to tell the leftovers of a killed process (spool
+    folders, blobs a sweep had set aside) from the work of one still running.
     """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:  # no /proc (not Linux), or it ended meanwhile: signal 0 said it ran
         return True
-    return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
+    state = stat.rpartition(b")")[2].split(maxsplit=1)[:1]
+    return state != [b"Z"]
 
 
 def pid_prefix(name: str) -> int | None:
