@@ -31,6 +31,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,9 +88,40 @@ def _settings(*, storage: bool = False) -> Settings:
 T = TypeVar("T")
 
 
+def _require_migrated_sqlite(settings: Settings) -> None:
+    """Exit 1 with the hint to migrate when the embedded SQLite database has no file yet.
+
+    Checked before connecting: SQLite would otherwise create an empty file
+    (``gc`` then ran against it and "deleted 0 blobs"), and a failed connect
+    left aiosqlite's thread printing "Event loop is closed" tracebacks.
+    """
+    url = make_url(settings.resolved_database_url)
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(url.database).is_file()
+    ):
+        _database_failed(settings.resolved_database_url, "unable to open database file")
+
+
+def _data_dir_ready(settings: Settings) -> None:
+    """Create ``FILEIMPORT_DATA_DIR`` if needed, or exit 2 with one line saying why it cannot be."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.print(
+            f"[red]cannot create FILEIMPORT_DATA_DIR {escape(str(settings.data_dir))}:[/red] "
+            f"{escape(exc.strerror or str(exc))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+
+
 def _run_in_transaction(settings: Settings, action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``action`` in one committed database transaction, from synchronous CLI code."""
     from fileimport.core.db import Database
+
+    _require_migrated_sqlite(settings)
 
     async def main() -> T:
         db = Database(settings.resolved_database_url)
@@ -424,6 +456,7 @@ def gc(
 ) -> None:
     """Delete stored blobs that no media entry references (workers also do this hourly)."""
     from fileimport.core.runtime import open_runtime
+    from fileimport.media.repository import count_references
     from fileimport.media.tasks import delete_unreferenced_blobs
 
     settings = _settings(storage=True)
@@ -439,11 +472,18 @@ def gc(
     async def main() -> int:
         runtime = open_runtime(settings)
         try:
+            # The sweep's own query on no keys: a database never migrated fails here,
+            # before a blob is touched, even when there are no blobs to ask about.
+            await runtime.db.run_read(partial(count_references, asset_keys=[]))
             return await delete_unreferenced_blobs(runtime, min_age)
         finally:
             await runtime.close()
 
-    deleted = anyio.run(main)
+    _require_migrated_sqlite(settings)
+    try:
+        deleted = anyio.run(main)
+    except (OperationalError, ProgrammingError) as exc:  # PostgreSQL never migrated, or away
+        _database_failed(settings.resolved_database_url, exc)
     print(f"deleted {deleted} unreferenced blob(s)")  # the command's result: stdout, for `gc > report`
 
 
@@ -454,7 +494,7 @@ def migrate() -> None:
     from alembic.config import Config
 
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _data_dir_ready(settings)
     config = Config()
     config.set_main_option("script_location", "fileimport:migrations")
     config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
@@ -493,9 +533,9 @@ def _validation_text(exc: ValidationError, *, name: Callable[[str], str] = str) 
 
 def _load_config(path: Path) -> ProjectConfig:
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML too
-        return ProjectConfig.for_new_project(data or {})
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+        return ProjectConfig.for_new_project({} if data is None else data)  # an empty file: the defaults
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         err.print(f"[red]cannot read {escape(str(path))}:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except ValidationError as exc:

@@ -252,6 +252,12 @@ def test_bad_storage_settings_stop_the_command_in_one_line(
             "FILEIMPORT_WORKER_CONCURRENCY: Input should be a valid integer, unable to parse string as an "
             "integer; FILEIMPORT_FETCH_ALLOWED_NETWORKS: 'notacidr' does not appear to be an IPv4 or IPv6 network",
         ),
+        # serve took it and failed with a KeyError traceback
+        ({"FILEIMPORT_LOG_LEVEL": "LOUD"}, "FILEIMPORT_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),
+        (
+            {"FILEIMPORT_PUBLIC_URL": "notaurl"},
+            "FILEIMPORT_PUBLIC_URL: must be an absolute http",
+        ),
     ],
 )
 def test_bad_settings_are_named_by_their_variable_in_one_line(
@@ -293,16 +299,59 @@ def test_a_configuration_that_could_not_work_is_refused_naming_each_problem(tmp_
     assert run(env, "project", "show", "bad").returncode == 1
 
 
-def test_a_command_on_a_database_never_migrated_says_to_migrate(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [("project", "show", "default"), ("token", "list", "--project", "default"), ("gc",)]
+)
+def test_a_command_on_a_database_never_migrated_says_to_migrate(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     env = service_env(tmp_path / "var")
-    done = run(env, "project", "show", "default")  # no data folder yet
-    assert done.returncode == 1
-    assert "Run 'fileimport migrate' first" in done.stderr
-    (tmp_path / "var").mkdir()
-    done = run(env, "project", "show", "default")  # an empty SQLite file, no tables
+    for setup in ("no data folder yet", "a data folder without a database"):
+        done = run(env, *command)
+        assert done.returncode == 1, (setup, done.stderr)
+        assert "Run 'fileimport migrate' first" in done.stderr, setup
+        # Before: aiosqlite's thread printed "Event loop is closed" tracebacks, and gc made an
+        # empty database and reported "deleted 0 unreferenced blob(s)".
+        assert "Traceback" not in done.stderr, setup
+        assert not (tmp_path / "var" / "fileimport.sqlite3").exists(), setup
+        (tmp_path / "var").mkdir(exist_ok=True)
+    (tmp_path / "var" / "fileimport.sqlite3").touch()
+    done = run(env, *command)  # an empty SQLite file, no tables
     assert done.returncode == 1
     assert "no such table" in done.stderr
     assert "Run 'fileimport migrate' first" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_data_folder_that_cannot_be_made_is_said_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    done = run(service_env(tmp_path / "a-file" / "var"), "migrate")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"cannot create FILEIMPORT_DATA_DIR {tmp_path / 'a-file' / 'var'}: "), (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"\xff\xfe", "cannot read"),  # not UTF-8: a UnicodeDecodeError traceback before
+        (b"[]", "invalid configuration"),  # before: a project with the default media types
+    ],
+)
+def test_a_configuration_file_that_is_no_configuration_is_refused(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    env = service_env(tmp_path / "var")
+    cli(env, "migrate")
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    done = run(env, "project", "create", "p", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"{said} in {config}" if said.startswith("invalid") else f"{said} {config}")
+    assert "Traceback" not in done.stderr
+    assert run(env, "project", "show", "p").returncode == 1
 
 
 def test_development_serve_starts_and_is_not_ready_when_the_database_is_unreachable(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fileimport.core.urls import check_http_url
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Standard Webhooks' recommended schedule (seconds after the previous attempt):
@@ -47,7 +49,8 @@ before it commits the entry that references it (`fileimport.media.tasks`)."""
 class Settings(BaseSettings):
     """The service's configuration; see the README for each variable."""
 
-    model_config = SettingsConfigDict(env_prefix="FILEIMPORT_", extra="ignore")
+    # No infinite or NaN durations (FILEIMPORT_FETCH_READ_TIMEOUT=inf would wait for ever).
+    model_config = SettingsConfigDict(env_prefix="FILEIMPORT_", extra="ignore", allow_inf_nan=False)
 
     mode: Literal["development", "production"] = "development"
     data_dir: Path = Path("./var")
@@ -70,12 +73,15 @@ class Settings(BaseSettings):
             "from the AWS_* environment variables."
         ),
     )
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The service's address as clients reach it: the base of asset URLs.",
+    )
 
     # API
     max_batch_files: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: ByteSize = ByteSize(16 * 1024 * 1024)
-    idempotency_ttl: timedelta = timedelta(hours=24)
+    idempotency_ttl: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
     project_max_pending_files: int = Field(
         default=1_000_000,
         ge=1,
@@ -137,7 +143,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(default=15.0, gt=0)
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False
 
     @field_validator("database_url", mode="before")
@@ -204,6 +210,21 @@ class Settings(BaseSettings):
         if isinstance(parts, list):
             return [str(p).lower().rstrip(".") for p in parts]
         return parts
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        problem = check_http_url(value)
+        if problem is not None:
+            raise ValueError(
+                f"{problem} (the service's address as clients reach it, e.g. https://media.example.com)"
+            )
+        return value.rstrip("/")
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

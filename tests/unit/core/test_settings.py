@@ -123,3 +123,29 @@ def test_a_blob_sweep_interval_of_zero_is_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FILEIMPORT_BLOB_SWEEP_INTERVAL", "PT0S")
     with pytest.raises(ValidationError, match="blob_sweep_interval"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FILEIMPORT_LOG_LEVEL", "LOUD"),  # serve failed on it with a KeyError traceback
+        ("FILEIMPORT_PUBLIC_URL", "notaurl"),  # the base of every asset URL
+        ("FILEIMPORT_PUBLIC_URL", "ftp://media.example.com"),
+        ("FILEIMPORT_FETCH_READ_TIMEOUT", "inf"),  # would wait for ever
+        ("FILEIMPORT_WEBHOOK_TIMEOUT", "nan"),
+        ("FILEIMPORT_IDEMPOTENCY_TTL", "-PT1H"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("FILEIMPORT_").lower()):
+        Settings()
+
+
+def test_log_level_and_public_url_are_taken_as_people_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEIMPORT_LOG_LEVEL", " warning")
+    monkeypatch.setenv("FILEIMPORT_PUBLIC_URL", "https://media.example.com/fileimport/")
+    settings = Settings()
+    assert (settings.log_level, settings.public_url) == ("WARNING", "https://media.example.com/fileimport")
