@@ -358,6 +358,20 @@ async def test_two_idempotency_keys_are_rejected(service: RunningService) -> Non
     assert error_details(response, 400) == {"Idempotency-Key": "must be given once"}
 
 
+@pytest.mark.parametrize("order", ["valid first", "invalid first"])
+async def test_two_authorization_headers_are_rejected(service: RunningService, order: str) -> None:
+    """Before: the first one counted, so the same request was a 200 or a 401 by header order."""
+    tokens = [service.tenant.headers["Authorization"], "Bearer fi_not-a-token"]
+    if order == "invalid first":
+        tokens.reverse()
+    response = await service.client.get(
+        "/api/v1/import/files/status",
+        params={"id": "j1"},
+        headers=[("Authorization", token) for token in tokens],
+    )
+    assert error_details(response, 400) == {"Authorization": "must be given once"}
+
+
 async def test_a_300_character_idempotency_key_is_rejected(service: RunningService) -> None:
     response = await service.post_import(body(), headers={"Idempotency-Key": "k" * 300})
     assert "Idempotency-Key" in error_details(response, 400)
