@@ -50,3 +50,17 @@ async def test_readyz_is_503_when_the_storage_folder_refuses_writes(tmp_path: Pa
     problems = ready.json()["error_details"]
     assert set(problems) == {"storage"}
     assert problems["storage"].startswith("the storage folder refuses writes: "), problems
+
+
+async def test_readyz_says_when_the_storage_folder_became_a_file(tmp_path: Path) -> None:
+    """Before: "storage folder '<storage folder>' does not exist", although the path existed."""
+    async with run_service(
+        tmp_path / "var", run_worker=False, storage_url=(tmp_path / "blobs").as_uri()
+    ) as service:
+        (tmp_path / "blobs").rmdir()
+        (tmp_path / "blobs").write_text("")
+        ready = await service.client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["error_details"] == {
+        "storage": "unreachable: the storage folder is a file, not a folder"
+    }

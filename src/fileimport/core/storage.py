@@ -302,7 +302,10 @@ def _check_local_root(root: Path) -> None:
     the server's path, for ``/readyz``) when the write fails.
     """
     if not root.is_dir():
-        raise StorageError(f"storage folder {str(root)!r} does not exist")
+        # No path in the message: /readyz shows it to anyone (FILEIMPORT_STORAGE_URL names it).
+        raise StorageError(
+            "the storage folder is a file, not a folder" if root.exists() else "the storage folder does not exist"
+        )
     probe = root / f"{_PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:
         with probe.open("xb", buffering=0) as file:
