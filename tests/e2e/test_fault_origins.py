@@ -331,3 +331,29 @@ async def test_downloads_name_fileimport_and_respect_the_per_origin_limit(tmp_pa
     agents = {r.headers.get("User-Agent") for r in first.requests + second.requests}
     assert agents == {USER_AGENT}
     assert USER_AGENT.startswith(product)
+
+
+async def test_files_waiting_for_a_busy_origin_do_not_hold_back_other_origins(tmp_path: Path) -> None:
+    """Two download slots, one per origin: while the slow origin serves its files one by one,
+    the file of another origin takes the free slot at once (before: the slow origin's files
+    queued in the download slots themselves, and a fresh-user trial saw 80 small files wait
+    30 s behind 20 slow ones)."""
+    async with (
+        serve_fault_origin("127.0.0.1") as slow,
+        serve_fault_origin("127.0.0.1") as fast,
+        run_service(tmp_path / "var", worker_concurrency=2, fetch_per_origin_concurrency=1) as service,
+    ):
+        # 8 files: one claim of this worker takes them all (4 per download slot).
+        files = [
+            {"url": slow.url(f"/trickle?size=5&interval=0.1&n={n}"), "id": f"slow-{n}", "fileName": "s"}
+            for n in range(7)
+        ]
+        files.append({"url": fast.url("/ok?size=100"), "id": "fast", "fileName": "f"})
+        with anyio.fail_after(JOB_TIME_LIMIT):
+            status = await service.import_and_wait({"systemName": "mixed", "files": files})
+        assert [r["status"] for r in status["files"]] == ["success"] * len(files), status["files"]
+        created = {
+            r["externalId"]: (await service.media_entry(r["mediaId"]))["createdAt"] for r in status["files"]
+        }
+    assert slow.max_in_flight == 1
+    assert created["fast"] < created["slow-0"], created  # not after the slow origin's queue

@@ -194,6 +194,10 @@ class OriginFetcher:
         self._guard = guard or guard_from_settings(settings)
         self._spool_dir = spool_dir
         self._origins: dict[tuple[str, str, int], _OriginSlot] = {}
+        # Downloads in flight in this process, taken after an origin's slot
+        # (`_slots`): files queueing for a busy origin hold none, so they
+        # cannot keep the files of other origins waiting.
+        self._download_slots = asyncio.Semaphore(settings.worker_concurrency)
         # Made on first use: aiohttp needs the running event loop.
         self._session: aiohttp.ClientSession | None = None
         # Threads hashing streamed bodies (`_Spool.write_async`), apart from
@@ -341,7 +345,7 @@ class OriginFetcher:
             headers = conditional
             if authorization and _origin_key(url) == first_origin:
                 headers = {**conditional, "Authorization": authorization}
-            async with self._origin_slot(_origin_key(url), deadline):
+            async with self._slots(_origin_key(url), deadline):
                 started = asyncio.get_running_loop().time()
                 response = await self._send(url, headers)
                 try:
@@ -377,11 +381,14 @@ class OriginFetcher:
             url = next_url
 
     @contextlib.asynccontextmanager
-    async def _origin_slot(self, key: tuple[str, str, int], deadline: asyncio.Timeout) -> AsyncIterator[None]:
-        """Hold one of ``fetch_per_origin_concurrency`` slots for ``key``.
+    async def _slots(self, key: tuple[str, str, int], deadline: asyncio.Timeout) -> AsyncIterator[None]:
+        """Hold one of ``fetch_per_origin_concurrency`` slots for ``key``, then one of the
+        ``worker_concurrency`` download slots of this process, for one request and its body.
 
-        Queueing behind other downloads from this origin is not the origin's
-        slowness: ``deadline``'s clock stops while waiting for a slot.
+        In this order, a file waiting for a busy origin (a slow one, at its
+        limit) holds no download slot, which a file of another origin can use;
+        nor does a download waiting out a retry's backoff. Queueing for either
+        is not the origin's slowness: ``deadline``'s clock stops meanwhile.
         """
         slot = self._origins.get(key)
         if slot is None:
@@ -390,17 +397,13 @@ class OriginFetcher:
             )
         slot.users += 1
         try:
-            when = deadline.when()
-            if slot.semaphore.locked() and when is not None:
-                loop = asyncio.get_running_loop()
-                remaining = when - loop.time()
-                deadline.reschedule(None)
-                await slot.semaphore.acquire()
-                deadline.reschedule(loop.time() + remaining)
-            else:  # free: taken without waiting (and without moving the deadline)
-                await slot.semaphore.acquire()
+            await _acquire_off_the_clock(slot.semaphore, deadline)
             try:
-                yield
+                await _acquire_off_the_clock(self._download_slots, deadline)
+                try:
+                    yield
+                finally:
+                    self._download_slots.release()
             finally:
                 slot.semaphore.release()
         finally:
@@ -921,6 +924,21 @@ def _fail_body_when_connection_drops(response: aiohttp.ClientResponse) -> Callab
         closed.remove_done_callback(on_closed)
 
     return unwatch
+
+
+async def _acquire_off_the_clock(semaphore: asyncio.Semaphore, deadline: asyncio.Timeout) -> None:
+    """Acquire ``semaphore``, with ``deadline`` moved on by the time spent waiting for it."""
+    when = deadline.when()
+    if not semaphore.locked() or when is None:  # free: taken without waiting (the deadline stays)
+        await semaphore.acquire()
+        return
+    loop = asyncio.get_running_loop()
+    remaining = when - loop.time()
+    deadline.reschedule(None)
+    try:
+        await semaphore.acquire()
+    finally:
+        deadline.reschedule(loop.time() + remaining)
 
 
 def _nothing() -> None:

@@ -304,7 +304,9 @@ def _check_local_root(root: Path) -> None:
     if not root.is_dir():
         # No path in the message: /readyz shows it to anyone (FILEIMPORT_STORAGE_URL names it).
         raise StorageError(
-            "the storage folder is a file, not a folder" if root.exists() else "the storage folder does not exist"
+            "the storage folder is a file, not a folder"
+            if root.exists()
+            else "the storage folder does not exist"
         )
     probe = root / f"{_PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:

@@ -11,7 +11,6 @@ result with a stable ``code`` and a ``reason`` a person can act on.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,14 +88,14 @@ class _Downloaded:
 class FileImporter:
     """Imports single files of a job; safe to call concurrently.
 
-    At most ``download_slots`` files (default: the worker's concurrency) are
-    downloaded and inspected at once; a file gives its slot back before it
-    is stored and its result committed, so neither the fsync of the stored
-    file nor the commit (shared with other files, see ``ResultRecorder``)
-    holds a download back. How many files are between their download and
-    their result is bounded by the files a worker holds (`Worker`).
-    ``on_slot_idle`` is called when a download ends and fewer files than
-    there are slots are waiting for or holding one: time to claim more.
+    The fetcher bounds the downloads in flight (``worker_concurrency`` in
+    all, ``fetch_per_origin_concurrency`` per origin); how many files are
+    between their claim and their result is bounded by the files a worker
+    holds (`Worker`). Storing a file (its fsync) and committing its result
+    (shared with other files, see ``ResultRecorder``) happen after its
+    download slot is free. ``on_slot_idle`` is called when a file's download
+    and inspection end and fewer files than there are download slots are
+    downloading or waiting to: time to claim more.
     """
 
     def __init__(
@@ -111,10 +110,8 @@ class FileImporter:
         self.fetcher = fetcher
         self.recorder = recorder
         self.slots = runtime.settings.worker_concurrency
-        # asyncio's: anyio's Semaphore takes a trip round the event loop per acquire (fetcher.py).
-        self.download_slots = asyncio.Semaphore(self.slots)
         self.on_slot_idle = on_slot_idle
-        self.queued = 0  # files waiting for a download slot or holding one
+        self.queued = 0  # files downloading or waiting to (for an origin's slot, a download slot)
 
     async def import_file(self, ctx: JobContext, file: LeasedFile, existing: KnownEntry | None) -> FileStatus:
         """Import ``file`` and record its final result; returns that result.
@@ -174,8 +171,7 @@ class FileImporter:
         try:
             self.queued += 1
             try:
-                async with self.download_slots:
-                    got = await self._download(ctx, file, existing)
+                got = await self._download(ctx, file, existing)
             finally:
                 self.queued -= 1
                 if self.queued < self.slots and self.on_slot_idle is not None:

@@ -62,8 +62,8 @@ async def import_claimed_files(importer: FileImporter, work: ClaimedWork) -> Non
     """Import the files of one claim (all of one job).
 
     The caller holds the files' leases. Files are imported concurrently, at
-    most as many downloads at once as the importer's ``download_slots``
-    allow across every claim of this worker. A file given a result
+    most as many downloads at once as the fetcher's download slots allow
+    across every claim of this worker. A file given a result
     meanwhile by another worker (after its lease expired here) is left as it
     is. The job finishes in the transaction that records its last result
     (`fileimport.imports.completion`).
