@@ -298,6 +298,34 @@ def test_a_configuration_that_could_not_work_is_refused_naming_each_problem(tmp_
     assert "errors.pydantic.dev" not in said
     assert run(env, "project", "show", "bad").returncode == 1
 
+    # Accepted before (fresh-user trial): handles a request could not name plainly, a size no
+    # store takes, a maxLength that a date field ignores, and a duplicate handle unnamed.
+    config.write_text(
+        "mediaTypes:\n"
+        "  - handle: my image\n"
+        "    type: mediaImage\n"
+        "    maxFileSize: 99999999999999999999999999\n"
+        "    metadata: [{handle: x y}, {handle: when, type: date, maxLength: 10}]\n"
+        '  - {handle: "file\\u202e", type: mediaFile, maxFileSize: 1MB}\n'
+    )
+    said = run(env, "project", "create", "bad", "--config", str(config)).stderr.strip()
+    for problem in (
+        "mediaTypes.0.handle: 'my image' is no handle",
+        "mediaTypes.0.maxFileSize: must be at most 5 TiB",
+        "mediaTypes.0.metadata.0.handle: 'x y' is no handle",
+        "mediaTypes.0.metadata.1.maxLength: applies to text and list fields only, not to a date field",
+        "mediaTypes.1.handle: 'file\\u202e' is no handle",
+    ):
+        assert problem in said, said
+    config.write_text(
+        "mediaTypes:\n"
+        "  - {handle: doc, type: mediaFile, maxFileSize: 1MB}\n"
+        "  - {handle: doc, type: mediaFile, maxFileSize: 2MB}\n"
+    )
+    done = run(env, "project", "create", "bad", "--config", str(config))
+    assert done.returncode == 2
+    assert "mediaTypes: media type 'doc' is declared twice" in done.stderr, done.stderr
+
 
 @pytest.mark.parametrize(
     "command", [("project", "show", "default"), ("token", "list", "--project", "default"), ("gc",)]

@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -32,6 +32,30 @@ class MetadataFieldType(StrEnum):
     LIST = "list"
 
 
+NEW_CONFIG = "new_config"
+"""Validation context key: set by `ProjectConfig.for_new_project` only."""
+
+_HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+HANDLE_RULE = "letters, digits, '_', '-' and '.', starting with a letter or digit"
+
+MAX_FILE_SIZE_LIMIT = 5 * 1024**4
+"""Largest ``maxFileSize`` a new configuration may set, in bytes: 5 TiB, the largest object
+S3 stores in one piece."""
+
+
+def _check_handle(value: str, info: ValidationInfo) -> str:
+    """A new configuration's handle must be a plain word (a request names it; a space or a
+    bidi control in it would look like another handle)."""
+    if _new(info) and not _HANDLE.fullmatch(value):
+        raise ValueError(f"{value!r} is no handle: use {HANDLE_RULE}")
+    return value
+
+
+def _new(info: ValidationInfo) -> bool:
+    """Whether a configuration is being created (checked strictly), not loaded as once stored."""
+    return bool(info.context and info.context.get(NEW_CONFIG))
+
+
 class MetadataField(BaseModel):
     """One metadata field a media type accepts."""
 
@@ -41,6 +65,16 @@ class MetadataField(BaseModel):
     type: MetadataFieldType = MetadataFieldType.TEXT
     required: bool = False
     max_length: int | None = Field(default=None, alias="maxLength", ge=1)
+
+    _handle = field_validator("handle")(_check_handle)
+
+    @field_validator("max_length")
+    @classmethod
+    def _length_of_text_or_list(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("type")
+        if _new(info) and value is not None and kind not in (MetadataFieldType.TEXT, MetadataFieldType.LIST):
+            raise ValueError(f"applies to text and list fields only, not to a {kind} field")
+        return value
 
     def check(self, value: Any) -> str | None:
         """The problem with ``value`` for this field, or None when it is valid."""
@@ -83,18 +117,10 @@ DEFAULT_METADATA = (
 )
 
 
-NEW_CONFIG = "new_config"
-"""Validation context key: set by `ProjectConfig.for_new_project` only."""
-
 # RFC 6838 §4.2 restricted names, or a pattern of this service (type/*, */*, *).
 _MIME_TYPE_OR_PATTERN = re.compile(
     r"\*|\*/\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/(?:\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})"
 )
-
-
-def _new(info: ValidationInfo) -> bool:
-    """Whether a configuration is being created (checked strictly), not loaded as once stored."""
-    return bool(info.context and info.context.get(NEW_CONFIG))
 
 
 class MediaTypeConfig(BaseModel):
@@ -114,11 +140,15 @@ class MediaTypeConfig(BaseModel):
     allowed_mime_types: tuple[str, ...] = Field(default=(), alias="allowedMimeTypes")
     metadata: tuple[MetadataField, ...] = DEFAULT_METADATA
 
+    _handle = field_validator("handle")(_check_handle)
+
     @field_validator("max_file_size")
     @classmethod
     def _at_least_one_byte(cls, value: ByteSize, info: ValidationInfo) -> ByteSize:
         if _new(info) and value < 1:
             raise ValueError("must be at least 1 byte: every file would fail as too large")
+        if _new(info) and value > MAX_FILE_SIZE_LIMIT:
+            raise ValueError("must be at most 5 TiB, the largest object S3 stores in one piece")
         return value
 
     @field_validator("allowed_mime_types")
@@ -221,12 +251,14 @@ class ProjectConfig(BaseModel):
         """
         return cls.model_validate(data, context={NEW_CONFIG: True})
 
-    @model_validator(mode="after")
-    def _unique_handles(self) -> ProjectConfig:
-        handles = [m.handle for m in self.media_types]
-        if len(handles) != len(set(handles)):
-            raise ValueError("media type handles must be unique")
-        return self
+    @field_validator("media_types")
+    @classmethod
+    def _unique_handles(cls, value: tuple[MediaTypeConfig, ...]) -> tuple[MediaTypeConfig, ...]:
+        handles = [m.handle for m in value]
+        twice = sorted({h for h in handles if handles.count(h) > 1})
+        if twice:
+            raise ValueError(", ".join(f"media type '{h}' is declared twice" for h in twice))
+        return value
 
     def media_type(self, handle: str) -> MediaTypeConfig | None:
         """The media type with ``handle``, or None."""
