@@ -155,7 +155,7 @@ def batch_cases(origin: FaultOrigin, images: HTTPServer, service: RunningService
         Case("rate-limited", origin.url("/status/429"), "http_429", ("429 Too Many Requests", TRIES)),
         Case(
             "reset",
-            origin.url("/reset?size=200000"),
+            origin.url("/reset?size=100000"),
             "truncated",
             ("closed before the whole body", "Connection reset by peer", TRIES),
         ),
@@ -193,7 +193,20 @@ def batch_cases(origin: FaultOrigin, images: HTTPServer, service: RunningService
             (f"over the limit of {FILE_LIMIT} bytes",),
             media_type="file",
         ),
-        Case("large-undeclared", origin.url("/large?size=300000"), "too_large", ("media type 'file'",)),
+        # Undeclared: the largest type's limit (the image's) until the first 64 KiB show a file of
+        # type 'file'; then its limit, not after the whole body (or at once, by Content-Length).
+        Case(
+            "large-undeclared",
+            origin.url("/large?size=300000"),
+            "too_large",
+            (f"limit of {FILE_LIMIT} bytes of media type 'file'", f"more than {FILE_LIMIT} bytes received"),
+        ),
+        Case(
+            "large-undeclared-length",
+            origin.url("/ok?size=300000"),
+            "too_large",
+            ("of media type 'file' (application/octet-stream)", "300000 bytes by its Content-Length"),
+        ),
         Case(
             "gzip-bomb",
             origin.url("/gzip-bomb?size=10000000"),

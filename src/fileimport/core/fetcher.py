@@ -75,6 +75,11 @@ log = structlog.get_logger(__name__)
 HEAD_BYTES = 64 * 1024
 """Bytes kept in ``FetchedFile.head`` for MIME sniffing."""
 
+HeadLimit = Callable[[bytes], "tuple[int, str] | None"]
+"""Given the first `HEAD_BYTES` of a larger body: a tighter size limit in bytes and what sets it
+(``"media type 'image' (image/png)"``), or None. Lets a file whose type is known only from its
+content stop at that type's limit instead of downloading up to the largest."""
+
 WRITEBACK_BYTES = 32 * 1024 * 1024
 """Spool bytes after which write-back to disk is started (see `_Spool`)."""
 
@@ -245,11 +250,13 @@ class OriginFetcher:
         max_bytes: int,
         etag: str | None = None,
         last_modified: str | None = None,
+        limit_for_head: HeadLimit | None = None,
     ) -> FetchedFile | NotModified:
         """Download ``url`` to a new file in the spool folder.
 
         ``max_bytes`` limits both ``Content-Length`` and the bytes received
-        after decoding. ``etag`` / ``last_modified`` (header values from an
+        after decoding; ``limit_for_head`` may lower it once the first
+        `HEAD_BYTES` have arrived. ``etag`` / ``last_modified`` (header values from an
         earlier download) make the request conditional; a 304 then returns
         ``NotModified``. Retries transient failures up to
         ``fetch_max_attempts`` tries in all. Raises ``FetchError``; no spool
@@ -267,7 +274,9 @@ class OriginFetcher:
         while True:
             attempt += 1
             try:
-                result = await self._attempt(target, max_bytes=max_bytes, conditional=conditional)
+                result = await self._attempt(
+                    target, max_bytes=max_bytes, conditional=conditional, limit_for_head=limit_for_head
+                )
             except FetchError as exc:
                 exc.attempts = attempt
                 if not exc.retryable or attempt >= max_attempts:
@@ -295,7 +304,7 @@ class OriginFetcher:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
 
     async def _attempt(
-        self, url: URL, *, max_bytes: int, conditional: dict[str, str]
+        self, url: URL, *, max_bytes: int, conditional: dict[str, str], limit_for_head: HeadLimit | None
     ) -> FetchedFile | NotModified:
         """One try: the redirect chain and the body, under the overall deadline."""
         # asyncio's own timeout and semaphores on the per-file path: anyio's
@@ -306,7 +315,11 @@ class OriginFetcher:
         try:
             async with deadline:
                 return await self._follow(
-                    url, max_bytes=max_bytes, conditional=conditional, deadline=deadline
+                    url,
+                    max_bytes=max_bytes,
+                    conditional=conditional,
+                    deadline=deadline,
+                    limit_for_head=limit_for_head,
                 )
         except TimeoutError:
             if not deadline.expired():
@@ -331,6 +344,7 @@ class OriginFetcher:
         max_bytes: int,
         conditional: dict[str, str],
         deadline: asyncio.Timeout,
+        limit_for_head: HeadLimit | None,
     ) -> FetchedFile | NotModified:
         first_origin = _origin_key(url)
         authorization = (
@@ -357,6 +371,7 @@ class OriginFetcher:
                             conditional=conditional,
                             deadline=deadline,
                             started=started,
+                            limit_for_head=limit_for_head,
                         )
                     next_url = _redirect_target(response, url)
                 finally:
@@ -477,6 +492,7 @@ class OriginFetcher:
         conditional: dict[str, str],
         deadline: asyncio.Timeout,
         started: float,
+        limit_for_head: HeadLimit | None = None,
     ) -> FetchedFile | NotModified:
         """Turn a non-redirect answer into a result, streaming a 2xx body to disk."""
         status = response.status
@@ -532,22 +548,38 @@ class OriginFetcher:
             pending_bytes = 0
             chunk_bytes = self._settings.fetch_chunk_bytes
 
+            limited_by = ""  # what set max_bytes, once limit_for_head lowered it
+
+            def over(limit: int, measure: str) -> FetchError:
+                return FetchError(
+                    "too_large",
+                    f"The file at {_display(url)} is over the limit of {limit} bytes{limited_by} ({measure}).",
+                )
+
             async def take(pieces: Iterable[bytes]) -> None:
                 """Count, keep the head of, and queue ``pieces``, writing the queue out
                 whenever it reaches ``chunk_bytes``: also between the pieces that one
                 compressed chunk inflates to, which can be a thousand times its size."""
-                nonlocal size, head, pending, pending_bytes
+                nonlocal size, head, pending, pending_bytes, max_bytes, limited_by
                 for piece in pieces:
                     size += len(piece)
                     if size > max_bytes:
-                        raise FetchError(
-                            "too_large",
-                            f"The file at {_display(url)} is over the limit of {max_bytes} bytes "
-                            f"(more than {max_bytes} bytes received"
-                            f"{' after decoding' if decoder else ''}).",
-                        )
+                        after = " after decoding" if decoder else ""
+                        raise over(max_bytes, f"more than {max_bytes} bytes received{after}")
                     if len(head) < HEAD_BYTES:
                         head += piece[: HEAD_BYTES - len(head)]
+                        if len(head) == HEAD_BYTES and limit_for_head is not None:
+                            tighter = limit_for_head(bytes(head))
+                            if tighter is not None and tighter[0] < max_bytes:
+                                max_bytes, limited_by = tighter[0], f" of {tighter[1]}"
+                                if (
+                                    content_length is not None
+                                    and decoder is None
+                                    and content_length > max_bytes
+                                ):
+                                    raise over(max_bytes, f"{content_length} bytes by its Content-Length")
+                                if size > max_bytes:
+                                    raise over(max_bytes, f"more than {max_bytes} bytes received")
                     pending.append(piece)
                     pending_bytes += len(piece)
                     if pending_bytes >= chunk_bytes and size > HEAD_BYTES:

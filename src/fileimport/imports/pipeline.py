@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import anyio
 import structlog
@@ -83,6 +84,16 @@ class _Downloaded:
     content: tuple[FetchedFile, ContentProbe] | Unchanged
     origin: OriginValidators
     attempts: int
+
+
+def _limit_of_content_type(config: ProjectConfig, head: bytes) -> tuple[int, str] | None:
+    """`fileimport.core.fetcher.HeadLimit` for a file posted without ``mediaType``: the size limit
+    of the media type its first bytes show, and that type, or None when no type takes them."""
+    mime_type = sniff_mime_type(head)
+    media_type = config.media_type_for(mime_type)
+    if media_type is None:
+        return None
+    return int(media_type.max_file_size), f"media type '{media_type.handle}' ({mime_type})"
 
 
 class FileImporter:
@@ -209,6 +220,9 @@ class FileImporter:
             max_bytes=max_bytes,
             etag=existing.origin_etag if conditional and existing else None,
             last_modified=existing.origin_last_modified if conditional and existing else None,
+            # Without a declared type, the limit is the largest type's until the
+            # content says which type it is (a 5 GB "image" stops at the image limit).
+            limit_for_head=None if declared else partial(_limit_of_content_type, ctx.config),
         )
         if (
             isinstance(result, NotModified)
