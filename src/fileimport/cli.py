@@ -461,7 +461,7 @@ def gc(
 
     settings = _settings(storage=True)
     configure_logging(settings.log_level, json=settings.log_json)  # log lines to stderr, not into the summary
-    min_age = parse_duration(older_than)
+    min_age = parse_duration(older_than, "--older-than")
     if min_age < MIN_SAFE_BLOB_AGE and not no_imports_running:
         err.print(
             f"[red]--older-than {older_than} could delete the blob of an import in progress;[/red] "
@@ -599,11 +599,16 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_duration(value: str) -> timedelta:
+def parse_duration(value: str, option: str | None = None) -> timedelta:
     """``30d``, ``12h``, ``45m``, ``90s``, ``2w``, or an ISO 8601 duration (``PT1H``, ``P30D``, as
-    the ``FILEIMPORT_*`` duration settings take) → timedelta; raises typer.BadParameter."""
+    the ``FILEIMPORT_*`` duration settings take) → timedelta; raises typer.BadParameter naming
+    ``option`` (``--expires-in``) when given."""
     text = value.strip()
     match = _DURATION.match(text)
+    if text.startswith("-"):
+        raise typer.BadParameter(
+            f"{value} is negative; give a positive duration such as 30d", param_hint=option
+        )
     if match:
         try:
             duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
@@ -613,11 +618,16 @@ def parse_duration(value: str) -> timedelta:
         try:
             duration = TypeAdapter(timedelta).validate_python(text)
         except ValidationError:
-            raise typer.BadParameter(f"{value} is not an ISO 8601 duration such as PT1H or P30D") from None
+            raise typer.BadParameter(
+                f"{value} is not an ISO 8601 duration such as PT1H or P30D", param_hint=option
+            ) from None
     else:
-        raise typer.BadParameter("use a number and a unit: 90s, 45m, 12h, 30d, 2w, or ISO 8601: PT1H")
+        raise typer.BadParameter(
+            f"{value!r}: use a number and a unit: 90s, 45m, 12h, 30d, 2w, or ISO 8601: PT1H",
+            param_hint=option,
+        )
     if duration > MAX_DURATION:
-        raise typer.BadParameter(f"{value} is too long; at most 100 years")
+        raise typer.BadParameter(f"{value} is too long; at most 100 years", param_hint=option)
     return duration
 
 
@@ -632,7 +642,7 @@ def token_create(
 ) -> None:
     """Create a token and print only the token on stdout."""
     settings = _settings()
-    lifetime = parse_duration(expires_in) if expires_in else None
+    lifetime = parse_duration(expires_in, "--expires-in") if expires_in else None
     if lifetime is not None and lifetime <= timedelta(0):
         raise typer.BadParameter("a token must live longer than 0s", param_hint="--expires-in")
 

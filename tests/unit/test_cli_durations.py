@@ -30,3 +30,11 @@ def test_durations_in_units_or_iso_8601(text: str, duration: timedelta) -> None:
 def test_what_is_not_a_duration_is_a_bad_parameter(text: str) -> None:
     with pytest.raises(typer.BadParameter):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "said"), [("-5d", "is negative"), ("0", "use a number and a unit")])
+def test_a_bad_duration_names_its_option(text: str, said: str) -> None:
+    """Before: "Invalid value: use a number and a unit", naming no option (fresh-user trial)."""
+    with pytest.raises(typer.BadParameter, match=said) as raised:
+        parse_duration(text, "--expires-in")
+    assert raised.value.param_hint == "--expires-in"
