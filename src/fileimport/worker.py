@@ -24,12 +24,13 @@ import anyio
 import structlog
 
 from fileimport.core.address_guard import create_guarded_session, guard_from_settings
-from fileimport.core.db import new_id, utcnow
+from fileimport.core.db import DATABASE_UNAVAILABLE, new_id, utcnow
 from fileimport.core.dispatch import Topic
 from fileimport.core.fetcher import OriginFetcher
 from fileimport.core.probe import load_decoders
 from fileimport.core.processes import pid_prefix, remove_folders_of_dead_processes
 from fileimport.core.runtime import Runtime
+from fileimport.core.schema import schema_problem
 from fileimport.core.storage import StorageError
 from fileimport.imports import repository
 from fileimport.imports.completion import announce_finished, finish_stranded_jobs
@@ -126,11 +127,15 @@ class Worker:
         # The blob store refused a file (full, read-only, unreachable): claims
         # wait, doubling up to 30 s, until a claim is imported again.
         self.store = FailureBackoff("worker.store_failed")
+        # The database failed while a claim was imported (its results could not be
+        # written): claims wait the same way, until a claim is recorded again.
+        self.database = FailureBackoff("worker.database_failed")
 
     async def run(self) -> None:
         """Work until cancelled."""
         settings = self.runtime.settings
         guard = guard_from_settings(settings)
+        await self._wait_for_schema()
         await anyio.to_thread.run_sync(load_decoders)
         removed = await anyio.to_thread.run_sync(remove_abandoned_spool_dirs, settings.spool_dir)
         try:
@@ -174,12 +179,32 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, self.spool_dir, True)
 
+    async def _wait_for_schema(self) -> None:
+        """Return once the database answers with this code's schema (`schema_problem`).
+
+        A service upgraded without ``fileimport migrate`` could claim files and
+        download them, then fail every result it writes: it waits instead,
+        saying why (the wait doubles up to 30 s), as ``/readyz`` does.
+        """
+        waiting = FailureBackoff("worker.database_not_ready")
+        while True:
+            try:
+                problem = await self.runtime.db.run_read(schema_problem)
+            except Exception as exc:
+                problem = f"unreachable: {type(exc).__name__}: {exc}"
+            if problem is None:
+                waiting.succeeded()
+                return
+            waiting.failed(RuntimeError(problem))
+            await anyio.sleep(waiting.wait(self.runtime.settings.worker_poll_seconds))
+
     async def _import_loop(self, importer: FileImporter, tg: anyio.abc.TaskGroup) -> None:
         settings = self.runtime.settings
         idle = True
         while True:
-            if self.store.failures:
-                await anyio.sleep(self.store.wait(settings.worker_poll_seconds))
+            if self.store.failures or self.database.failures:
+                poll = settings.worker_poll_seconds
+                await anyio.sleep(max(self.store.wait(poll), self.database.wait(poll)))
             while (
                 len(self.held) + self.claim_size <= self.max_held
                 and not self.alone
@@ -283,13 +308,19 @@ class Worker:
             finished = True  # every file has its result, which cleared its lease
             if ids:  # (an empty claim stored nothing: it says nothing of the store)
                 self.store.succeeded()
+                self.database.succeeded()
         except Exception as exc:
             # A fault not tied to one file (database, storage): the leases are
-            # handed back and the files taken up again by a later claim.
+            # handed back and the files taken up again by a later claim, after
+            # a wait that doubles while the fault lasts (a hot loop otherwise:
+            # claims themselves may still work while results cannot be written).
             storage_error = _found_in(exc, StorageError)
+            database_error = _found_in(exc, DATABASE_UNAVAILABLE)
             if storage_error is not None:
                 # One line naming the store's own words, not the task group around it.
                 self.store.failed(storage_error)
+            elif database_error is not None:
+                self.database.failed(database_error)
             else:
                 log.exception("import.files.interrupted_by_fault", job_id=claim.job_id)
         finally:
@@ -355,7 +386,9 @@ class Worker:
             await self.runtime.dispatcher.wait(Topic.WEBHOOKS, max(wait, 0.05))
 
 
-def _found_in(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def _found_in(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
     """``exc`` if it is a ``kind``, or the first ``kind`` in it if it is a group (a task
     group's, nested or not); None when there is none."""
     if isinstance(exc, BaseExceptionGroup):

@@ -13,14 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import Session
 
 from fileimport.auth.dependencies import get_runtime
 from fileimport.core.errors import NotReady, error_responses
 from fileimport.core.http import add_get_and_head_route
 from fileimport.core.runtime import Runtime
+from fileimport.core.schema import schema_problem
 from fileimport.core.storage import StorageError, StorageNotWritableError
 
 router = APIRouter(tags=["operations"])
@@ -31,29 +29,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _migrated_version(session: Session) -> str | None:
-    """The migrations' own table: it holds a version once `fileimport migrate` ran."""
-    return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
 async def readyz(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, str]:
     """200 ``{"status": "ready"}``, or NotReady (503) naming ``database`` and/or ``storage``."""
     problems: dict[str, str] = {}
     try:
-        migrated = await runtime.db.run_read(_migrated_version)
-        if migrated is None:
-            problems["database"] = "not migrated: run 'fileimport migrate'"
-    except ProgrammingError:
-        problems["database"] = "not migrated: run 'fileimport migrate'"
-    except OperationalError as exc:
-        message = str(exc.orig or exc)
-        problems["database"] = (
-            "not migrated: run 'fileimport migrate'"
-            if "no such table" in message
-            else f"unreachable: {type(exc).__name__}"
-        )
+        schema = await runtime.db.run_read(schema_problem)
     except Exception as exc:
-        problems["database"] = f"unreachable: {type(exc).__name__}"
+        schema = f"unreachable: {type(exc).__name__}"
+    if schema is not None:
+        problems["database"] = schema
     try:
         await runtime.storage.check()
     except StorageNotWritableError as exc:
