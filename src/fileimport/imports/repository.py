@@ -177,6 +177,7 @@ _CLAIM_JOBS_WITH_FREE_FILES = (
     .where(
         _jobs.c.state == JobState.STARTED,
         exists().where(_files.c.job_id == _jobs.c.id, _FREE_FILE),
+        _jobs.c.id.not_in(bindparam("tried", expanding=True)),
     )
     .order_by(_jobs.c.claimed_at.is_not(None), _jobs.c.claimed_at, _jobs.c.started_at)
     .limit(CLAIM_JOB_CANDIDATES)
@@ -290,10 +291,12 @@ def claim_files(session: Session, terms: ClaimTerms, *, interrupted_reason: str)
         # The jobs claimed least recently had nothing free (their files
         # all leased: long downloads at their tails); a job claimed since
         # may have some. Asked only now: the query costs more.
-        with_free = session.execute(_CLAIM_JOBS_WITH_FREE_FILES, {"now": terms.now}).scalars().all()
-        claimed = _claim_from(
-            session, [j for j in with_free if j not in candidates], terms, interrupted_reason
-        )
+        # Those tried are left out before the LIMIT: on PostgreSQL their files
+        # may look free here while another claim holds them (SKIP LOCKED above).
+        with_free = session.execute(
+            _CLAIM_JOBS_WITH_FREE_FILES, {"now": terms.now, "tried": candidates}
+        ).scalars()
+        claimed = _claim_from(session, list(with_free), terms, interrupted_reason)
     return claimed
 
 

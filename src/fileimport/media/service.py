@@ -139,8 +139,10 @@ def _superseded(entry: MediaEntry | None, job_started_at: datetime) -> bool:
 
 
 def _leave(entry: MediaEntry, item: EntryImport) -> UpsertOutcome:
-    """Record that ``item`` found the entry as it is: its validators (the latest answer of its
-    origin) and its job, so that an older job does not undo what this one confirmed."""
+    """Record that ``item`` found the entry as it is: its origin's URL and validators (the
+    latest answer, which the next conditional request must go to), and its job, so that an
+    older job does not undo what this one confirmed."""
+    entry.source_url = item.origin.url
     entry.origin_etag, entry.origin_last_modified = _storable(item.origin)
     entry.job_started_at = item.job_started_at
     return UpsertOutcome(entry.id, entry.version, UpsertAction.UNCHANGED)

@@ -411,3 +411,21 @@ async def test_a_job_with_free_files_is_claimed_when_the_jobs_claimed_before_it_
     assert claimed is not None
     assert (claimed.job_id, [f.position for f in claimed.files]) == ("waiting", [0, 1])
     assert await claim(db, "w2", now, limit=2) is None
+
+
+async def test_an_unchanged_import_from_another_url_keeps_that_urls_validators_with_it(db: Database) -> None:
+    """The same bytes from URL B: the entry keeps B's ETag, so it must keep B as its source too;
+    before, B's ETag was stored under URL A, and the next import of A asked A with B's ETag."""
+    project_id = await new_project_id(db)
+    change = EntryChange("s", "k", "f", {}, "image")
+    from_b = OriginValidators("http://127.0.0.1/b.png", etag='"b"')
+    async with db.transaction() as session:
+        await session.run_sync(upsert_entry, project_id, EntryImport(change, ASSET, ORIGIN, JOB_STARTED))
+    async with db.transaction() as session:
+        outcome = await session.run_sync(
+            upsert_entry, project_id, EntryImport(change, ASSET, from_b, JOB_STARTED)
+        )
+    assert outcome.action is UpsertAction.UNCHANGED
+    async with db.sessionmaker() as session:
+        entry = (await session.scalars(select(MediaEntry))).one()
+    assert (entry.source_url, entry.origin_etag) == (from_b.url, '"b"')
