@@ -292,6 +292,16 @@ _EXTENSIONS = {
     "video/webm": ".webm",
     "text/plain": ".txt",
 }
+# Other spellings of a type's own extension that a download name may keep as it is. A fixed
+# list, not mimetypes' (which holds .bat for text/plain and .exe for octet-stream, and
+# differs by host): "setup.exe" served as bytes stays "setup.exe.bin".
+_SAME_EXTENSIONS = {
+    "image/jpeg": (".jpeg", ".jpe"),
+    "image/tiff": (".tiff",),
+    "audio/mpeg": (".mpga",),
+    "video/mp4": (".m4v",),
+    "audio/ogg": (".oga", ".opus"),
+}
 
 
 MAX_FILENAME_BYTES = 255
@@ -301,7 +311,8 @@ ext4, XFS, APFS and most other file systems a browser saves into."""
 
 def download_filename(entry: MediaEntry) -> str:
     """``fileName`` plus the extension of the stored MIME type, unless it has one of that type
-    already (``.jpeg`` and ``.JPG`` are kept for ``image/jpeg``).
+    already (``.jpeg`` and ``.JPG`` are kept for ``image/jpeg``; ``setup.exe`` stored as bytes
+    becomes ``setup.exe.bin``).
 
     Slashes become ``_``. A name over `MAX_FILENAME_BYTES` bytes of UTF-8 (a
     ``fileName`` of 255 characters, many of them non-ASCII, can be 1,020) is
@@ -310,7 +321,7 @@ def download_filename(entry: MediaEntry) -> str:
     """
     extension = _EXTENSIONS.get(entry.mime_type) or mimetypes.guess_extension(entry.mime_type) or ""
     name = entry.file_name.replace("/", "_").replace("\\", "_")
-    own = [e for e in (extension, *mimetypes.guess_all_extensions(entry.mime_type)) if e]
+    own = [e for e in (extension, *_SAME_EXTENSIONS.get(entry.mime_type, ())) if e]
     for candidate in sorted(own, key=len, reverse=True):
         if name.lower().endswith(candidate):
             name, extension = name[: -len(candidate)], name[-len(candidate) :]

@@ -28,6 +28,22 @@ def test_a_short_name_gets_the_extension_of_its_type(file_name: str, expected: s
 
 
 @pytest.mark.parametrize(
+    ("file_name", "mime_type", "expected"),
+    [
+        ("setup.exe", "application/octet-stream", "setup.exe.bin"),
+        ("invoice.bat", "text/plain", "invoice.bat.txt"),
+        ("notes.txt", "text/plain", "notes.txt"),
+        ("scan.TIFF", "image/tiff", "scan.TIFF"),
+    ],
+)
+def test_an_executable_extension_is_never_what_a_download_ends_in(
+    file_name: str, mime_type: str, expected: str
+) -> None:
+    """The host's mime.types lists .exe for bytes and .bat for text: not kept as the type's own."""
+    assert name_for(file_name, mime_type) == expected
+
+
+@pytest.mark.parametrize(
     ("character", "kept"),
     [
         ("é", (MAX_FILENAME_BYTES - 4) // 2),  # 2 bytes of UTF-8 each
