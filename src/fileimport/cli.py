@@ -96,11 +96,8 @@ def _require_migrated_sqlite(settings: Settings) -> None:
     left aiosqlite's thread printing "Event loop is closed" tracebacks.
     """
     url = make_url(settings.resolved_database_url)
-    if (
-        url.get_backend_name() == "sqlite"
-        and url.database not in (None, "", ":memory:")
-        and not Path(url.database).is_file()
-    ):
+    plain_file = url.database not in (None, "", ":memory:") and url.query.get("uri") != "true"
+    if url.get_backend_name() == "sqlite" and plain_file and not Path(str(url.database)).is_file():
         _database_failed(settings.resolved_database_url, "unable to open database file")
 
 
