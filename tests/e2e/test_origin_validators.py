@@ -87,18 +87,7 @@ async def test_a_job_posted_later_wins_over_an_older_one_that_finishes_after_it(
     bytes for the same key and finishes first. Job 1's answer (here a 304) comes last: it is
     skipped and changes nothing, so the entry keeps job 2's bytes, source URL and ETag."""
     first_body, second_body = png_bytes(5, 5), png_bytes(6, 6)
-    etag = '"v1"'
-    conditional: list[bool] = []
-    answer_304 = threading.Event()
-
-    def answer(request: Request) -> Response:
-        conditional.append(request.headers.get("If-None-Match") == etag)
-        if conditional[-1]:
-            answer_304.wait(30)
-            return Response(status=304, headers={"ETag": etag})
-        return Response(first_body, content_type="image/png", headers={"ETag": etag})
-
-    httpserver.expect_request("/a.png").respond_with_handler(answer)
+    conditional, answer_304 = held_304_origin(httpserver, first_body)
     from_a = [{"url": httpserver.url_for("/a.png"), "id": "k", "fileName": "k"}]
     (created,) = (await service.import_and_wait({"systemName": "s", "files": from_a}))["files"]
     assert created["status"] == "success"
@@ -130,18 +119,8 @@ async def test_a_304_for_an_entry_an_older_job_changed_meanwhile_downloads_the_f
     bytes that match its source URL and ETag (before: job 0's bytes under job 1's URL and
     ETag, and every later import of that URL a 304 that kept them)."""
     first_body, second_body = png_bytes(5, 5), png_bytes(6, 6)
-    etag = '"v1"'
-    conditional: list[bool] = []
-    answer_304, answer_b, asked_b = threading.Event(), threading.Event(), threading.Event()
-
-    def answer(request: Request) -> Response:
-        conditional.append(request.headers.get("If-None-Match") == etag)
-        if conditional[-1]:
-            answer_304.wait(30)
-            return Response(status=304, headers={"ETag": etag})
-        return Response(first_body, content_type="image/png", headers={"ETag": etag})
-
-    httpserver.expect_request("/a.png").respond_with_handler(answer)
+    conditional, answer_304 = held_304_origin(httpserver, first_body)
+    answer_b, asked_b = threading.Event(), threading.Event()
     from_a = [{"url": httpserver.url_for("/a.png"), "id": "k", "fileName": "k"}]
     (created,) = (await service.import_and_wait({"systemName": "s", "files": from_a}))["files"]
     assert created["status"] == "success"
@@ -165,6 +144,26 @@ async def test_a_304_for_an_entry_an_older_job_changed_meanwhile_downloads_the_f
     assert entry["asset"]["sha256"] == hashlib.sha256(first_body).hexdigest()
     served = await service.client.get(entry["asset"]["url"])
     assert served.content == first_body
+
+
+def held_304_origin(
+    httpserver: HTTPServer, body: bytes, etag: str = '"v1"'
+) -> tuple[list[bool], threading.Event]:
+    """``/a.png`` on ``httpserver``: ``body`` with ``etag``, and to a request conditional on that
+    ETag a 304 held until the returned event is set. The list says, request by request, whether
+    it was conditional."""
+    conditional: list[bool] = []
+    answer_304 = threading.Event()
+
+    def answer(request: Request) -> Response:
+        conditional.append(request.headers.get("If-None-Match") == etag)
+        if conditional[-1]:
+            answer_304.wait(30)
+            return Response(status=304, headers={"ETag": etag})
+        return Response(body, content_type="image/png", headers={"ETag": etag})
+
+    httpserver.expect_request("/a.png").respond_with_handler(answer)
+    return conditional, answer_304
 
 
 @contextlib.contextmanager
