@@ -15,7 +15,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import make_url
 
 from fileimport.app import create_app
-from fileimport.core.schema import migrations_config, schema_head
+from fileimport.core.schema import SCHEMA_HEAD, migrations_config
 from fileimport.core.settings import Settings
 from tests.support.fault_origin import serve_fault_origin
 from tests.support.images import png_bytes
@@ -127,7 +127,7 @@ async def test_a_service_newer_than_its_database_schema_waits_for_migrate_and_fa
     cannot be written: a column is missing), and once migrated the job finishes. Before: /readyz
     said ready, and the file was downloaded again about once a second for ever."""
     httpserver.expect_request("/a.png").respond_with_data(png_bytes(4, 4), content_type="image/png")
-    previous = ScriptDirectory.from_config(migrations_config()).get_revision(schema_head()).down_revision
+    previous = ScriptDirectory.from_config(migrations_config()).get_revision(SCHEMA_HEAD).down_revision
     assert isinstance(previous, str)
     async with run_service(tmp_path / "var") as service:
         url = service.settings.resolved_database_url
@@ -135,7 +135,7 @@ async def test_a_service_newer_than_its_database_schema_waits_for_migrate_and_fa
         ready = await service.client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error_details"]["database"].startswith(
-            f"at migration {previous}, not {schema_head()}"
+            f"at migration {previous}, not {SCHEMA_HEAD}"
         )
 
         body = {

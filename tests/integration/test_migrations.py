@@ -89,3 +89,13 @@ def test_machines_migrating_at_once_all_succeed(empty_database_url: str, tmp_pat
     errors = [process.communicate(timeout=120)[1] for process in processes]
     assert [process.returncode for process in processes] == [0] * PROCESSES, errors
     command.check(alembic_config(empty_database_url))
+
+
+def test_the_schema_the_service_expects_is_the_newest_migration() -> None:
+    """`SCHEMA_HEAD` is written in the code (a serving process does not load Alembic): a new
+    migration must move it, or /readyz and the workers would wait for a schema never reached."""
+    from alembic.script import ScriptDirectory
+
+    from fileimport.core.schema import SCHEMA_HEAD, migrations_config
+
+    assert ScriptDirectory.from_config(migrations_config()).get_current_head() == SCHEMA_HEAD

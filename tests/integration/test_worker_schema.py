@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from fileimport.auth.service import Principal
 from fileimport.core.runtime import open_runtime
-from fileimport.core.schema import migrations_config, schema_head
+from fileimport.core.schema import SCHEMA_HEAD, migrations_config
 from fileimport.core.settings import Settings
 from fileimport.imports.models import ImportFile
 from fileimport.imports.schemas import ImportRequest
@@ -32,7 +32,7 @@ async def test_a_worker_on_an_old_schema_takes_no_file_until_migrated(tmp_path: 
     settings = Settings(data_dir=tmp_path, worker_poll_seconds=0.05)
     url = settings.resolved_database_url
     await migrate_async(url)
-    previous = ScriptDirectory.from_config(migrations_config()).get_revision(schema_head()).down_revision
+    previous = ScriptDirectory.from_config(migrations_config()).get_revision(SCHEMA_HEAD).down_revision
     assert isinstance(previous, str)
     await anyio.to_thread.run_sync(alembic, url, "downgrade", previous)
     runtime = open_runtime(settings)
