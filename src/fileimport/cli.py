@@ -488,15 +488,13 @@ def gc(
 def migrate() -> None:
     """Create or upgrade the database schema to the newest migration."""
     from alembic import command
-    from alembic.config import Config
+
+    from fileimport.core.schema import migrations_config
 
     settings = _settings()
     _data_dir_ready(settings)
-    config = Config()
-    config.set_main_option("script_location", "fileimport:migrations")
-    config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
     try:
-        command.upgrade(config, "head")
+        command.upgrade(migrations_config(settings.resolved_database_url), "head")
     except (DBAPIError, OSError) as exc:
         _database_failed(settings.resolved_database_url, exc)
     err.print(f"database migrated: {_redact(settings.resolved_database_url)}")

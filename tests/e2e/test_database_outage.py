@@ -9,18 +9,16 @@ from pathlib import Path
 import anyio
 import httpx2
 import psycopg
-from alembic import command
-from alembic.script import ScriptDirectory
 from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import make_url
 
 from fileimport.app import create_app
-from fileimport.core.schema import SCHEMA_HEAD, migrations_config
+from fileimport.core.schema import SCHEMA_HEAD
 from fileimport.core.settings import Settings
 from tests.support.fault_origin import serve_fault_origin
 from tests.support.images import png_bytes
 from tests.support.postgres import PostgresServer
-from tests.support.service import run_service
+from tests.support.service import revision_before_head, run_alembic, run_service
 
 
 def outage_switch(postgres_server: PostgresServer, postgres_url: str) -> Callable[[bool], None]:
@@ -113,13 +111,6 @@ async def test_readyz_says_when_the_database_was_never_migrated(tmp_path: Path) 
     assert ready.json()["error_details"]["database"] == "not migrated: run 'fileimport migrate'"
 
 
-def _alembic(database_url: str, action: str, revision: str) -> None:
-    """``alembic upgrade|downgrade REVISION`` on ``database_url`` (in a thread: env.py runs a loop)."""
-    config = migrations_config()
-    config.set_main_option("sqlalchemy.url", database_url)
-    getattr(command, action)(config, revision)
-
-
 async def test_a_service_newer_than_its_database_schema_waits_for_migrate_and_fails_no_file(
     tmp_path: Path, httpserver: HTTPServer
 ) -> None:
@@ -127,11 +118,10 @@ async def test_a_service_newer_than_its_database_schema_waits_for_migrate_and_fa
     cannot be written: a column is missing), and once migrated the job finishes. Before: /readyz
     said ready, and the file was downloaded again about once a second for ever."""
     httpserver.expect_request("/a.png").respond_with_data(png_bytes(4, 4), content_type="image/png")
-    previous = ScriptDirectory.from_config(migrations_config()).get_revision(SCHEMA_HEAD).down_revision
-    assert isinstance(previous, str)
+    previous = revision_before_head()
     async with run_service(tmp_path / "var") as service:
         url = service.settings.resolved_database_url
-        await anyio.to_thread.run_sync(_alembic, url, "downgrade", previous)
+        await anyio.to_thread.run_sync(run_alembic, url, "downgrade", previous)
         ready = await service.client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error_details"]["database"].startswith(
@@ -147,7 +137,7 @@ async def test_a_service_newer_than_its_database_schema_waits_for_migrate_and_fa
         await anyio.sleep(2)  # downloaded, not recorded: no result, failed or other
         assert (await service.status(posted.json()["id"]))["finished"] is False
 
-        await anyio.to_thread.run_sync(_alembic, url, "upgrade", "head")
+        await anyio.to_thread.run_sync(run_alembic, url, "upgrade", "head")
         status = await service.wait_finished(posted.json()["id"], timeout=60)
         assert [(f["status"], f.get("code")) for f in status["files"]] == [("success", None)]
         assert (await service.client.get("/readyz")).status_code == 200

@@ -19,11 +19,11 @@ import anyio
 import httpx2
 import uvicorn
 from alembic import command
-from alembic.config import Config
 
 from fileimport.app import create_app
 from fileimport.auth.service import SCOPE_READ, SCOPE_WRITE, create_token
 from fileimport.core.db import Database
+from fileimport.core.schema import SCHEMA_HEAD, migrations_config
 from fileimport.core.settings import Settings
 from fileimport.projects.config import ProjectConfig
 from fileimport.projects.service import create_project
@@ -37,12 +37,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def run_alembic(database_url: str, action: str, revision: str) -> None:
+    """``alembic upgrade|downgrade REVISION`` on ``database_url`` (call from a thread: env.py
+    starts its own loop)."""
+    getattr(command, action)(migrations_config(database_url), revision)
+
+
+def revision_before_head() -> str:
+    """The migration before the newest: a database one ``fileimport migrate`` behind this code."""
+    from alembic.script import ScriptDirectory
+
+    previous = ScriptDirectory.from_config(migrations_config()).get_revision(SCHEMA_HEAD).down_revision
+    assert isinstance(previous, str)
+    return previous
+
+
 def migrate(database_url: str) -> None:
-    """Run the project's Alembic migrations (call from a thread: env.py starts its own loop)."""
-    config = Config()
-    config.set_main_option("script_location", "fileimport:migrations")
-    config.set_main_option("sqlalchemy.url", database_url)
-    command.upgrade(config, "head")
+    """Run the project's Alembic migrations to the newest (call from a thread)."""
+    run_alembic(database_url, "upgrade", "head")
 
 
 async def migrate_async(database_url: str) -> None:

@@ -24,12 +24,15 @@ from Alembic's scripts, so that a serving process does not load Alembic (about 9
 memory); ``tests/integration/test_migrations.py`` fails when a new migration leaves it behind."""
 
 
-def migrations_config() -> Config:
-    """The Alembic configuration of this package's migrations (no ``alembic.ini`` needed)."""
+def migrations_config(database_url: str | None = None) -> Config:
+    """The Alembic configuration of this package's migrations (no ``alembic.ini`` needed),
+    for ``database_url`` when given."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", "fileimport:migrations")
+    if database_url is not None:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))  # configparser escape
     return config
 
 
