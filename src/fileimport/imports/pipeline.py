@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 
 import anyio
 import structlog
@@ -86,14 +85,22 @@ class _Downloaded:
     attempts: int
 
 
-def _limit_of_content_type(config: ProjectConfig, head: bytes) -> tuple[int, str] | None:
+@dataclass
+class _ContentTypeLimit:
     """`fileimport.core.fetcher.HeadLimit` for a file posted without ``mediaType``: the size limit
-    of the media type its first bytes show, and that type, or None when no type takes them."""
-    mime_type = sniff_mime_type(head)
-    media_type = config.media_type_for(mime_type)
-    if media_type is None:
-        return None
-    return int(media_type.max_file_size), f"media type '{media_type.handle}' ({mime_type})"
+    of the media type its first bytes show, and that type, or None when no type takes them.
+    Keeps the MIME type it sniffed, which `FileImporter._inspect` reuses: libmagic reads the
+    same 64 KiB once per file, not twice."""
+
+    config: ProjectConfig
+    mime_type: str | None = None
+
+    def __call__(self, head: bytes) -> tuple[int, str] | None:
+        self.mime_type = sniff_mime_type(head)
+        media_type = self.config.media_type_for(self.mime_type)
+        if media_type is None:
+            return None
+        return int(media_type.max_file_size), f"media type '{media_type.handle}' ({self.mime_type})"
 
 
 class FileImporter:
@@ -215,14 +222,15 @@ class FileImporter:
             else max(int(m.max_file_size) for m in ctx.config.media_types)
         )
         conditional = existing is not None and existing.source_url == file.url
+        # Without a declared type, the limit is the largest type's until the
+        # content says which type it is (a 5 GB "image" stops at the image limit).
+        content_limit = None if declared else _ContentTypeLimit(ctx.config)
         result = await self.fetcher.fetch(
             file.url,
             max_bytes=max_bytes,
             etag=existing.origin_etag if conditional and existing else None,
             last_modified=existing.origin_last_modified if conditional and existing else None,
-            # Without a declared type, the limit is the largest type's until the
-            # content says which type it is (a 5 GB "image" stops at the image limit).
-            limit_for_head=None if declared else partial(_limit_of_content_type, ctx.config),
+            limit_for_head=content_limit,
         )
         if (
             isinstance(result, NotModified)
@@ -245,7 +253,8 @@ class FileImporter:
             return _Downloaded(media_type, Unchanged(existing.asset_key), origin, result.attempts)
         BYTES_FETCHED.inc(result.size)
         try:
-            media_type, probe = await self._inspect(ctx, file, declared, result)
+            sniffed = content_limit.mime_type if content_limit else None
+            media_type, probe = await self._inspect(ctx, file, declared, result, sniffed)
         except BaseException:
             if result.path is not None:
                 result.path.unlink(missing_ok=True)
@@ -262,11 +271,18 @@ class FileImporter:
         return media_type
 
     async def _inspect(
-        self, ctx: JobContext, file: LeasedFile, declared: MediaTypeConfig | None, fetched: FetchedFile
+        self,
+        ctx: JobContext,
+        file: LeasedFile,
+        declared: MediaTypeConfig | None,
+        fetched: FetchedFile,
+        sniffed: str | None = None,
     ) -> tuple[MediaTypeConfig, ContentProbe]:
+        """The file's media type and probe; ``sniffed``: its MIME type, when already read from
+        ``fetched.head``. Raises `FileRejected` (empty, type, size, metadata) or ProbeError."""
         if fetched.size == 0:
             raise FileRejected("empty_file", f"The origin sent an empty body for {file.url}.")
-        mime_type = sniff_mime_type(fetched.head)
+        mime_type = sniffed or sniff_mime_type(fetched.head)
         if declared is not None:
             media_type = declared
             if not media_type.accepts_mime_type(mime_type):
